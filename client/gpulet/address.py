@@ -1,0 +1,29 @@
+"""Where gpuletd listens by default; shared by the daemon, the client and the CLI."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["ENV_ADDRESS", "default_address", "socket_path"]
+
+ENV_ADDRESS = "GPULET_ADDRESS"
+
+
+def default_address() -> str:
+    """`GPULET_ADDRESS`, else the system socket as root, else the user's runtime dir."""
+    env = os.environ.get(ENV_ADDRESS)
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "unix:///run/gpulet/gpulet.sock"
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/gpulet-{os.geteuid()}"
+    return f"unix://{runtime}/gpulet/gpulet.sock"
+
+
+def socket_path(address: str) -> str | None:
+    """The filesystem path of a `unix://` address (`unix:///abs` or `unix:rel`), else None."""
+    if address.startswith("unix://"):
+        return address[len("unix://") :]
+    if address.startswith("unix:"):
+        return address[len("unix:") :]
+    return None

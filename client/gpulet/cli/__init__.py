@@ -1,0 +1,1 @@
+"""The `gpulet` command line: one module per noun, all over `gpulet.Client`."""

@@ -1,0 +1,75 @@
+"""`gpulet`: talk to gpuletd from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from gpulet.address import default_address
+from gpulet.cli import models, profile
+from gpulet.client import Client
+from gpulet.errors import GpuletError
+
+__all__ = ["main"]
+
+Handler = Callable[[Client, argparse.Namespace], int]
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="gpulet",
+        description="Ask gpuletd (the node's GPU model broker) about profiles, GPUs and models.",
+        epilog="Every command takes --json (after the command) for output that scripts can "
+        "parse, e.g. `gpulet select keywords --json`.",
+    )
+    ap.add_argument(
+        "--address",
+        default=None,
+        help=f"daemon address (default: $GPULET_ADDRESS or {default_address()})",
+    )
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(
+        name: str,
+        handler: Handler,
+        help: str,
+        parent: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
+    ) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, parents=[out], help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    prof = sub.add_parser("profile", help="the deployment profile")
+    psub = prof.add_subparsers(dest="profile_command", metavar="COMMAND", required=True)
+    add("show", profile.profile_show, "the active profile, why it was chosen, and the GPUs", psub)
+    add("list", profile.profile_list, "every known profile, the active one starred", psub)
+    add("gpus", profile.gpus, "live memory of each GPU")
+    add("models", models.models, "the model registry with each model's state")
+    add("roles", models.roles, "the task roles models declare")
+    p = add("select", models.select, "the best models for a role under the active profile")
+    p.add_argument("role", help="e.g. caption, keywords, description")
+    p.add_argument("--top", type=int, default=None, metavar="N", help="how many (default 3)")
+    p = add("explain", models.explain, "why a model is or is not a candidate for a role")
+    p.add_argument("role")
+    p.add_argument("model", help="model id, as in `gpulet models`")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = _parser().parse_args(argv)
+    handler: Handler = ns.handler
+    try:
+        with Client(address=ns.address) as client:
+            return handler(client, ns)
+    except GpuletError as e:
+        print(f"gpulet: {e.message}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

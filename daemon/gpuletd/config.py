@@ -1,0 +1,343 @@
+"""Configuration files: user profiles (with layering), the model registry, `profile =`.
+
+Files are TOML. The loader checks everything before the daemon starts and reports the first
+problem as `file:line: field: what was expected`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from gpuletd.config_errors import ConfigError, Location, SourceMap
+from gpuletd.config_fields import MODEL_FIELDS, PROFILE_FIELD_SPECS, Invalid
+from gpuletd.profiles import BUILTIN_PROFILES, PROFILE_FIELDS, Profile, Strategy
+from gpuletd.registry import Backend, Model, Registry
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "Config",
+    "apply_overrides",
+    "config_paths",
+    "load_config",
+]
+
+DEFAULT_CONFIG = Path("/etc/gpulet/gpulet.toml")
+EXAMPLE_REGISTRY = "example_models.toml"
+_TOP_LEVEL = ("profile", "preload", "example_models", "profiles", "models")
+
+
+@dataclass(frozen=True)
+class _ProfileDef:
+    name: str
+    fields: Mapping[str, Any]  # converted values of the fields this table sets itself
+    extends: tuple[str, ...]
+    where: Location
+    extends_where: Location
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration: every profile (built-in and user), the registry, and
+    the `profile =` choice with where it was written."""
+
+    profiles: Mapping[str, Profile]
+    registry: Registry
+    profile: str | None = None
+    profile_where: Location | None = None
+    preload: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    user_profiles: frozenset[str] = field(default_factory=frozenset)
+
+
+def config_paths(explicit: str | None) -> list[Path]:
+    """An explicit `--config` file must exist; the default one and its conf.d are optional."""
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise ConfigError(Location(str(p)), "config file not found")
+        return [p]
+    paths = [DEFAULT_CONFIG] if DEFAULT_CONFIG.is_file() else []
+    confd = DEFAULT_CONFIG.parent / "conf.d"
+    if confd.is_dir():
+        paths += sorted(confd.glob("*.toml"))
+    return paths
+
+
+def _parse(path: str, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message ends with "(at line N, column M)"; lift the line to the front.
+        msg = str(e)
+        line = None
+        if "(at line " in msg:
+            tail = msg.rsplit("(at line ", 1)[1]
+            line = int(tail.split(",", 1)[0])
+            msg = msg.rsplit(" (at line ", 1)[0]
+        elif msg.endswith("(at end of document)"):
+            line = max(1, len(text.splitlines()))
+            msg = msg.removesuffix(" (at end of document)")
+        raise ConfigError(Location(path, line), f"invalid TOML: {msg}") from None
+
+
+def _convert(specs: Mapping[str, Any], key: str, value: Any, where: Location, what: str) -> Any:
+    spec = specs.get(key)
+    if spec is None:
+        known = ", ".join(specs)
+        raise ConfigError(where, f"{what}: unknown field {key!r} (known fields: {known})")
+    try:
+        return spec(value)
+    except Invalid as e:
+        raise ConfigError(where, f"{what}: field {key!r}: {e}") from None
+
+
+def _read_profile(name: str, table: Any, src: SourceMap) -> _ProfileDef:
+    where = src.at("profiles", name)
+    if not isinstance(table, dict):
+        raise ConfigError(where, f"profile {name!r}: expected a table")
+    extends: tuple[str, ...] = ()
+    converted: dict[str, Any] = {}
+    for key, value in table.items():
+        at = src.at("profiles", name, key)
+        if key == "extends":
+            if isinstance(value, str):
+                extends = (value,)
+            elif isinstance(value, list) and value and all(isinstance(x, str) for x in value):
+                extends = tuple(value)
+            else:
+                raise ConfigError(
+                    at,
+                    f"profile {name!r}: field 'extends': expected a profile name or a "
+                    "non-empty array of profile names",
+                )
+        else:
+            converted[key] = _convert(PROFILE_FIELD_SPECS, key, value, at, f"profile {name!r}")
+    return _ProfileDef(
+        name, MappingProxyType(converted), extends, where, src.at("profiles", name, "extends")
+    )
+
+
+def _read_model(model_id: str, table: Any, src: SourceMap) -> Model:
+    where = src.at("models", model_id)
+    what = f"model {model_id!r}"
+    if not isinstance(table, dict):
+        raise ConfigError(where, f"{what}: expected a table")
+    values = {
+        k: _convert(MODEL_FIELDS, k, v, src.at("models", model_id, k), what)
+        for k, v in table.items()
+    }
+    if "vram_estimate_mb" not in values:
+        raise ConfigError(where, f"{what}: missing field 'vram_estimate_mb' (an integer >= 1)")
+    backend = values.get("backend", Backend.RESERVATION)
+    if backend is Backend.PROCESS:
+        for required in ("command", "health_url"):
+            if required not in values:
+                raise ConfigError(where, f"{what}: backend 'process' needs field {required!r}")
+    values.setdefault("name", model_id)
+    values.setdefault("quantization", "unknown")
+    values.setdefault("role_priority", MappingProxyType({}))
+    return Model(
+        id=model_id, backend=backend, **{k: v for k, v in values.items() if k != "backend"}
+    )
+
+
+class _Files:
+    """Everything read from the config files, before profiles are resolved."""
+
+    def __init__(self) -> None:
+        self.profile: str | None = None
+        self.profile_where: Location | None = None
+        self.preload: tuple[str, ...] = ()
+        self.example_models: bool | None = None
+        self.profiles: dict[str, _ProfileDef] = {}
+        self.models: dict[str, tuple[Model, Location]] = {}
+
+    def read(self, path: str, text: str) -> None:
+        data = _parse(path, text)
+        src = SourceMap(path, text)
+        for key in data:
+            if key not in _TOP_LEVEL:
+                raise ConfigError(
+                    src.at(key), f"unknown top-level key {key!r} (known: {', '.join(_TOP_LEVEL)})"
+                )
+        if "profile" in data:
+            if not isinstance(data["profile"], str) or not data["profile"]:
+                raise ConfigError(src.at("profile"), "field 'profile': expected a profile name")
+            self.profile, self.profile_where = data["profile"], src.at("profile")
+        if "preload" in data:
+            v = data["preload"]
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ConfigError(
+                    src.at("preload"), "field 'preload': expected an array of model ids"
+                )
+            self.preload = tuple(v)
+        if "example_models" in data:
+            if not isinstance(data["example_models"], bool):
+                raise ConfigError(
+                    src.at("example_models"), "field 'example_models': expected true or false"
+                )
+            self.example_models = data["example_models"]
+        for section, store in (("profiles", self.profiles), ("models", self.models)):
+            tables = data.get(section, {})
+            if not isinstance(tables, dict):
+                raise ConfigError(src.at(section), f"{section!r}: expected a table of tables")
+            for name, table in tables.items():
+                if name in store:
+                    first = store[name]
+                    first_where = first.where if isinstance(first, _ProfileDef) else first[1]
+                    raise ConfigError(
+                        src.at(section, name),
+                        f"{section[:-1]} {name!r} is defined twice (first at {first_where})",
+                    )
+                if section == "profiles":
+                    self.profiles[name] = _read_profile(name, table, src)
+                else:
+                    self.models[name] = (_read_model(name, table, src), src.at("models", name))
+
+
+def _resolve_profiles(defs: Mapping[str, _ProfileDef]) -> dict[str, Profile]:
+    """Layering: a profile's first `extends` entry gives its base; every later entry adds the
+    fields that profile sets itself (all of them, for a built-in); then its own fields.
+    Without `extends` the table is a whole profile and must set every field."""
+    resolved: dict[str, dict[str, Any]] = {}
+    in_progress: list[str] = []
+
+    def full(name: str, asked_by: _ProfileDef) -> dict[str, Any]:
+        if name in resolved:
+            return resolved[name]
+        d = defs.get(name)
+        if d is None or (name in in_progress and name in BUILTIN_PROFILES):
+            if name in BUILTIN_PROFILES:
+                return _builtin_fields(name)
+            known = ", ".join(sorted({*BUILTIN_PROFILES, *defs}))
+            raise ConfigError(
+                asked_by.extends_where,
+                f"profile {asked_by.name!r} extends unknown profile {name!r} "
+                f"(known profiles: {known})",
+            )
+        if name in in_progress:
+            chain = " -> ".join([*in_progress[in_progress.index(name) :], name])
+            raise ConfigError(d.extends_where, f"profile {name!r}: extends forms a cycle ({chain})")
+        in_progress.append(name)
+        merged: dict[str, Any] = {}
+        for i, parent in enumerate(d.extends):
+            merged.update(full(parent, d) if i == 0 else own(parent, d))
+        merged.update(d.fields)
+        merged.setdefault("description", f"user profile from {d.where.file}")
+        in_progress.pop()
+        missing = [f for f in PROFILE_FIELDS if f not in merged and f not in _OPTIONAL]
+        if missing:
+            raise ConfigError(
+                d.where,
+                f"profile {name!r}: missing field(s) {', '.join(missing)} (set them, or "
+                "`extends` a profile that has them)",
+            )
+        resolved[name] = merged
+        return merged
+
+    def own(name: str, asked_by: _ProfileDef) -> Mapping[str, Any]:
+        d = defs.get(name)
+        if d is not None and d.name not in in_progress:
+            full(name, asked_by)  # validates it exists and is whole
+            return d.fields
+        return full(name, asked_by)
+
+    out = dict(BUILTIN_PROFILES)
+    for name, d in defs.items():
+        values = full(name, d)
+        profile = Profile(name=name, **{k: v for k, v in values.items() if k in PROFILE_FIELDS})
+        _check_profile(profile, d.where)
+        out[name] = profile
+    return out
+
+
+# Fields a whole profile may leave out: they have defaults on `Profile`.
+_OPTIONAL = frozenset({"description", "gpu_count", "tensor_parallel_threshold_mb", "headroom_mb"})
+
+
+def _builtin_fields(name: str) -> dict[str, Any]:
+    p = BUILTIN_PROFILES[name]
+    return {f: getattr(p, f) for f in PROFILE_FIELDS}
+
+
+def _check_profile(p: Profile, where: Location | str) -> None:
+    if (
+        p.strategy is Strategy.TENSOR_PARALLEL_OR_DISTRIBUTED
+        and p.tensor_parallel_threshold_mb is None
+    ):
+        raise ConfigError(
+            where,
+            f"profile {p.name!r}: strategy 'tensor_parallel_or_distributed' needs field "
+            "'tensor_parallel_threshold_mb' (an integer >= 0)",
+        )
+
+
+def _example_registry() -> list[tuple[Model, Location]]:
+    res = resources.files("gpuletd") / "data" / EXAMPLE_REGISTRY
+    text = res.read_text(encoding="utf-8")
+    files = _Files()
+    files.read(f"<built-in {EXAMPLE_REGISTRY}>", text)
+    return list(files.models.values())
+
+
+def load_config(paths: Iterable[Path], *, texts: Sequence[tuple[str, str]] = ()) -> Config:
+    """Read config files (and, for tests, in-memory `(name, text)` pairs) into a Config."""
+    files = _Files()
+    read: list[str] = []
+    for p in paths:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(Location(str(p)), f"cannot read config: {e.strerror}") from None
+        files.read(str(p), text)
+        read.append(str(p))
+    for name, text in texts:
+        files.read(name, text)
+        read.append(name)
+    profiles = _resolve_profiles(files.profiles)
+    use_examples = files.example_models if files.example_models is not None else not files.models
+    models = dict(files.models)
+    if use_examples:
+        for model, where in _example_registry():
+            models.setdefault(model.id, (model, where))
+    registry = Registry(MappingProxyType({k: m for k, (m, _) in sorted(models.items())}))
+    for model_id in files.preload:
+        if registry.get(model_id) is None:
+            raise ConfigError(
+                files.profile_where or Location(read[-1] if read else "config"),
+                f"preload: unknown model {model_id!r}",
+            )
+    return Config(
+        profiles=MappingProxyType(profiles),
+        registry=registry,
+        profile=files.profile,
+        profile_where=files.profile_where,
+        preload=files.preload,
+        files=tuple(read),
+        user_profiles=frozenset(files.profiles),
+    )
+
+
+def apply_overrides(profile: Profile, sets: Sequence[str]) -> Profile:
+    """`--set FIELD=VALUE`: VALUE is a TOML value (`3`, `["fp8"]`), or a bare word as a string."""
+    changes: dict[str, Any] = {}
+    for item in sets:
+        where = f"--set {item}"
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(where, "expected FIELD=VALUE, e.g. --set max_concurrent_models=2")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        changes[key] = _convert(PROFILE_FIELD_SPECS, key, value, Location(where), "override")
+    out = replace(profile, **changes)
+    _check_profile(out, "--set")
+    return out

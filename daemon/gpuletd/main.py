@@ -1,0 +1,275 @@
+"""`gpuletd`: serve, or `gpuletd check-config` to validate and print the effective config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gpulet.address import default_address, socket_path
+from gpuletd import __version__
+from gpuletd.active_profile import ActiveProfile, resolve_active_profile
+from gpuletd.config import Config, config_paths, load_config
+from gpuletd.config_errors import ConfigError
+from gpuletd.logs import setup_logging
+from gpuletd.probe.poller import ProbePoller
+from gpuletd.probe.simulated import SimulatedProbe, parse_simulated_gpus
+from gpuletd.probe.types import GpuProbe
+from gpuletd.runtime import Runtime
+from gpuletd.server import AlreadyRunning, build_server, finish_socket, unix_socket
+from gpuletd.systemd import notify, watchdog_interval
+
+__all__ = ["main"]
+
+log = structlog.get_logger("gpuletd")
+
+EPILOG = """\
+environment:
+  GPULET_ADDRESS              socket address (as --address)
+  GPULET_CONFIG               config file (as --config)
+  GPULET_DEPLOYMENT_PROFILE   profile to use (below --profile, above the config's `profile =`)
+  GPULET_SIMULATED_GPUS       simulated GPUs (as --simulated-gpus)
+
+profile precedence: --profile > GPULET_DEPLOYMENT_PROFILE > config `profile =` >
+auto-detection from the GPUs > development. `--set FIELD=VALUE` then overrides single fields.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=os.environ.get("GPULET_CONFIG"),
+        help="TOML config file (default: /etc/gpulet/gpulet.toml and /etc/gpulet/conf.d/*.toml,"
+        " if present; none needed)",
+    )
+    common.add_argument("--profile", metavar="NAME", help="force a deployment profile")
+    common.add_argument(
+        "--set",
+        metavar="FIELD=VALUE",
+        action="append",
+        default=[],
+        dest="sets",
+        help="override one field of the active profile, e.g. --set max_concurrent_models=2 "
+        "(repeatable)",
+    )
+    common.add_argument(
+        "--simulated-gpus",
+        metavar="SPEC",
+        default=os.environ.get("GPULET_SIMULATED_GPUS"),
+        help="simulate GPUs instead of reading NVML: sizes in MiB with optional names, "
+        "e.g. 16384,16384 or 'NVIDIA GeForce RTX 4080:16384'",
+    )
+    common.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+    )
+    ap = argparse.ArgumentParser(
+        prog="gpuletd",
+        description="gpuletd: node-local GPU model broker. Runs in the foreground (systemd "
+        "Type=notify); with no config it serves the built-in profiles and an example registry.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--version", action="version", version=f"gpuletd {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run the daemon (the default command)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--address",
+        default=None,
+        help=f"unix:///path socket to serve on (default: $GPULET_ADDRESS or {default_address()})",
+    )
+    serve.add_argument(
+        "--listen", metavar="HOST:PORT", help="also serve on TCP (off unless asked: no auth)"
+    )
+    serve.add_argument("--socket-group", metavar="GROUP", help="group owning the socket (0660)")
+    serve.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often GPU memory is read (default: 1)",
+    )
+    sub.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate the configuration and print the effective settings, then exit",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return ap
+
+
+def _make_probe(spec: str | None) -> GpuProbe | None:
+    if spec:
+        return SimulatedProbe(parse_simulated_gpus(spec))
+    try:
+        from gpuletd.probe.nvml import NvmlProbe
+    except ImportError as e:  # the binding is a dependency, but a broken install must not crash
+        log.warning("NVML binding not importable; running without GPUs", error=str(e))
+        return None
+    return NvmlProbe()
+
+
+async def _prepare(ns: argparse.Namespace) -> tuple[Config, ActiveProfile, ProbePoller]:
+    config = load_config(config_paths(ns.config))
+    poller = ProbePoller(_make_probe(ns.simulated_gpus), getattr(ns, "poll_interval", 1.0))
+    await poller.open()
+    active = resolve_active_profile(
+        config.profiles,
+        poller.gpus,
+        flag=ns.profile,
+        env=os.environ.get("GPULET_DEPLOYMENT_PROFILE") or None,
+        config=config.profile,
+        config_where=str(config.profile_where or "config"),
+        overrides=ns.sets,
+    )
+    return config, active, poller
+
+
+def _effective(config: Config, active: ActiveProfile, poller: ProbePoller) -> dict[str, Any]:
+    p = active.profile
+    return {
+        "files": list(config.files),
+        "probe": poller.kind,
+        "gpus": [
+            {"index": g.index, "uuid": g.uuid, "name": g.name, "total_mb": g.total_mb}
+            for g in poller.gpus or []
+        ],
+        "active_profile": {
+            "name": p.name,
+            "source": active.source.value,
+            "reason": active.reason,
+            "usable_vram_mb": active.usable_vram_mb,
+            "warnings": list(active.warnings),
+            "overrides": list(active.overrides),
+            **{
+                k: (v.value if hasattr(v, "value") else list(v) if isinstance(v, tuple) else v)
+                for k, v in vars(p).items()
+                if k != "name"
+            },
+        },
+        "profiles": sorted(config.profiles),
+        "user_profiles": sorted(config.user_profiles),
+        "models": {
+            m.id: {
+                "backend": m.backend.value,
+                "quantization": m.quantization,
+                "vram_estimate_mb": m.vram_estimate_mb,
+                "role_priority": dict(m.role_priority),
+            }
+            for m in config.registry.models.values()
+        },
+        "preload": list(config.preload),
+    }
+
+
+async def _check_config(ns: argparse.Namespace) -> int:
+    config, active, poller = await _prepare(ns)
+    await poller.close()
+    print(json.dumps(_effective(config, active, poller), indent=2))
+    for w in active.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+async def _watchdog(interval: float) -> None:
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+async def _serve(ns: argparse.Namespace) -> int:
+    address = ns.address or default_address()
+    path_str = socket_path(address)
+    if path_str is None:
+        raise ConfigError(
+            "--address",
+            f"expected a unix:///path address, got {address!r} (use --listen HOST:PORT for TCP)",
+        )
+    path = Path(path_str)
+    config, active, poller = await _prepare(ns)
+    runtime = Runtime(config, active, poller)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with unix_socket(path, ns.socket_group):
+        server = build_server(runtime)
+        server.grpc_server.add_insecure_port(f"unix:{path}")
+        if ns.listen and server.grpc_server.add_insecure_port(ns.listen) == 0:
+            raise ConfigError("--listen", f"cannot listen on {ns.listen!r}")
+        await server.grpc_server.start()
+        finish_socket(path, ns.socket_group)
+        await server.set_serving(True)
+        poller.start()
+        status = (
+            f"profile {active.profile.name} ({active.source.value}), {len(runtime.gpus)} GPU(s)"
+        )
+        notify("READY=1", f"STATUS=serving on {path}: {status}")
+        log.info(
+            "serving",
+            address=f"unix://{path}",
+            tcp=ns.listen,
+            profile=active.profile.name,
+            source=active.source.value,
+            reason=active.reason,
+            probe=poller.kind,
+            gpus=len(runtime.gpus),
+            models=len(config.registry.models),
+        )
+        for w in active.warnings:
+            log.warning("profile warning", warning=w)
+        interval = watchdog_interval()
+        dog = asyncio.create_task(_watchdog(interval)) if interval else None
+        await stop.wait()
+        notify("STOPPING=1", "STATUS=shutting down")
+        log.info("shutting down")
+        if dog:
+            dog.cancel()
+        await server.set_serving(False)
+        await server.grpc_server.stop(grace=5)
+        await poller.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # `serve` is the default command: `gpuletd --profile x` means `gpuletd serve --profile x`.
+    if not args or (
+        args[0] not in ("serve", "check-config") and args[0] not in ("-h", "--help", "--version")
+    ):
+        args.insert(0, "serve")
+    ns = _parser().parse_args(args)
+    setup_logging(ns.log_level)
+    runner = _check_config if ns.command == "check-config" else _serve
+    try:
+        return asyncio.run(runner(ns))
+    except (ConfigError, AlreadyRunning, ValueError) as e:
+        print(f"gpuletd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,137 @@
+"""The gRPC server: the Unix socket (made carefully), health, reflection, the servicers."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import grp
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gpulet.v1 import (
+    leases_pb2,
+    leases_pb2_grpc,
+    profiles_pb2,
+    profiles_pb2_grpc,
+    selector_pb2,
+    selector_pb2_grpc,
+)
+from gpuletd.runtime import Runtime
+from gpuletd.services.profile_service import ProfileService
+from gpuletd.services.selector_service import SelectorService
+
+__all__ = ["AlreadyRunning", "Server", "SocketLock", "build_server", "prepare_socket"]
+
+SERVICE_NAMES = (
+    profiles_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name,
+    selector_pb2.DESCRIPTOR.services_by_name["SelectorService"].full_name,
+    leases_pb2.DESCRIPTOR.services_by_name["LeaseService"].full_name,
+)
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class SocketLock:
+    """An exclusive lock beside the socket: a second server on the same Unix socket would
+    silently steal it from the first, so the second daemon must refuse instead."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.path = socket_path.with_name(socket_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another gpuletd (pid {holder}) is serving on {self.path.with_suffix('')}; "
+                "stop it first or pass a different --address"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def prepare_socket(path: Path, group: str | None) -> None:
+    """Parent directory 0770 (group-owned when a group is given), stale socket removed.
+    Call with the lock held: only then is an existing socket known to be stale."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gid = grp.getgrnam(group).gr_gid if group else -1
+    if gid != -1:
+        os.chown(path.parent, -1, gid)
+    os.chmod(path.parent, 0o770)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            path.unlink()
+        else:
+            raise AlreadyRunning(f"{path} exists and is not a socket; refusing to replace it")
+
+
+def finish_socket(path: Path, group: str | None) -> None:
+    # grpc exposes no peer uid on Unix sockets: access control is the socket's mode and group.
+    if group:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    os.chmod(path, 0o660)
+
+
+@dataclass
+class Server:
+    grpc_server: grpc.aio.Server
+    health: health.aio.HealthServicer
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+
+def build_server(runtime: Runtime) -> Server:
+    server = grpc.aio.server()
+    profiles_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileService(runtime), server)
+    selector_pb2_grpc.add_SelectorServiceServicer_to_server(SelectorService(runtime), server)
+    # Lease behaviour is the next milestone: the generated base answers UNIMPLEMENTED.
+    leases_pb2_grpc.add_LeaseServiceServicer_to_server(
+        leases_pb2_grpc.LeaseServiceServicer(),  # type: ignore[abstract]
+        server,
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return Server(server, health_servicer)
+
+
+@contextlib.contextmanager
+def unix_socket(path: Path, group: str | None) -> Iterator[SocketLock]:
+    lock = SocketLock(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+    try:
+        prepare_socket(path, group)
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        lock.release()

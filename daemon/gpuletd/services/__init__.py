@@ -1,0 +1,1 @@
+"""gRPC servicers: thin adapters that convert types and errors, nothing more."""

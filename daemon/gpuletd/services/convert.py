@@ -1,0 +1,104 @@
+"""Domain values → protobuf messages (one direction: the daemon only answers)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from gpulet.v1 import types_pb2 as pb
+from gpuletd.probe.types import GpuSnapshot, GpuState, MigMode
+from gpuletd.profiles import BUILTIN_PROFILES, Bias, Profile, Strategy
+from gpuletd.registry import Backend, Model
+
+__all__ = ["gpu_pb", "model_pb", "profile_pb"]
+
+_STRATEGY = {
+    Strategy.LOAD_UNLOAD: pb.STRATEGY_LOAD_UNLOAD,
+    Strategy.CONCURRENT_LIMITED: pb.STRATEGY_CONCURRENT_LIMITED,
+    Strategy.CONCURRENT_FULL: pb.STRATEGY_CONCURRENT_FULL,
+    Strategy.TENSOR_PARALLEL_OR_DISTRIBUTED: pb.STRATEGY_TENSOR_PARALLEL_OR_DISTRIBUTED,
+}
+_BIAS = {
+    Bias.VRAM_EFFICIENT: pb.SELECTION_BIAS_VRAM_EFFICIENT,
+    Bias.BALANCED: pb.SELECTION_BIAS_BALANCED,
+    Bias.QUALITY: pb.SELECTION_BIAS_QUALITY,
+}
+_GPU_STATE = {
+    GpuState.OK: pb.GPU_STATE_OK,
+    GpuState.STALE: pb.GPU_STATE_STALE,
+    GpuState.LOST: pb.GPU_STATE_LOST,
+}
+_MIG = {
+    MigMode.UNKNOWN: pb.MIG_MODE_UNSPECIFIED,
+    MigMode.DISABLED: pb.MIG_MODE_DISABLED,
+    MigMode.ENABLED: pb.MIG_MODE_ENABLED,
+}
+_BACKEND = {
+    Backend.RESERVATION: pb.BACKEND_KIND_RESERVATION,
+    Backend.PROCESS: pb.BACKEND_KIND_PROCESS,
+}
+
+
+def bias_pb(bias: Bias) -> pb.SelectionBias.ValueType:
+    return _BIAS[bias]
+
+
+def profile_pb(p: Profile) -> pb.Profile:
+    msg = pb.Profile(
+        name=p.name,
+        description=p.description,
+        max_vram_mb=p.max_vram_mb,
+        max_concurrent_models=p.max_concurrent_models,
+        preferred_quantizations=list(p.preferred_quantizations),
+        strategy=_STRATEGY[p.strategy],
+        autostart_timeout_seconds=p.autostart_timeout_seconds,
+        grace_period_seconds=p.grace_period_seconds,
+        model_selection_bias=_BIAS[p.model_selection_bias],
+        gpu_count=p.gpu_count,
+        headroom_mb=p.headroom_mb,
+        builtin=BUILTIN_PROFILES.get(p.name) == p,
+    )
+    if p.tensor_parallel_threshold_mb is not None:
+        msg.tensor_parallel_threshold_mb = p.tensor_parallel_threshold_mb
+    return msg
+
+
+def gpu_pb(g: GpuSnapshot, placed: Mapping[str, int] | None = None) -> pb.Gpu:
+    msg = pb.Gpu(
+        index=g.index,
+        uuid=g.uuid,
+        name=g.name,
+        pci_bus_id=g.pci_bus_id,
+        mig_mode=_MIG[g.mig_mode],
+        state=_GPU_STATE[g.state],
+        reading_age_seconds=max(0.0, time.monotonic() - g.read_at) if g.read_at else 0.0,
+        placed=[pb.PlacedModel(model_id=k, reservation_mb=v) for k, v in (placed or {}).items()],
+        processes=[
+            pb.GpuProcess(pid=p.pid, used_mb=p.used_mb)
+            if p.used_mb is not None
+            else pb.GpuProcess(pid=p.pid)
+            for p in g.processes
+        ],
+    )
+    # Unknown stays unset: proto3 `optional` lets a client tell "unknown" from 0.
+    for name in ("total_mb", "free_mb", "used_mb", "reserved_mb"):
+        value = getattr(g, name)
+        if value is not None:
+            setattr(msg, name, value)
+    if g.compute_capability is not None:
+        msg.compute_capability_major, msg.compute_capability_minor = g.compute_capability
+    return msg
+
+
+def model_pb(m: Model) -> pb.Model:
+    return pb.Model(
+        id=m.id,
+        name=m.name,
+        backend=_BACKEND[m.backend],
+        quantization=m.quantization,
+        vram_estimate_mb=m.vram_estimate_mb,
+        role_priority=dict(m.role_priority),
+        group=m.group or "",
+        state=pb.MODEL_STATE_UNLOADED,
+        reservation_mb=m.vram_estimate_mb,
+    )

@@ -1,0 +1,88 @@
+"""ProfileService: the active profile, the known profiles, the GPUs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from gpulet.v1 import profiles_pb2 as pb
+from gpulet.v1 import profiles_pb2_grpc
+from gpuletd.active_profile import ProfileSource
+from gpuletd.runtime import Runtime
+from gpuletd.services.convert import gpu_pb, profile_pb
+from gpuletd.services.errors import abort
+
+__all__ = ["ProfileService"]
+
+_SOURCE = {
+    ProfileSource.FLAG: pb.PROFILE_SOURCE_FLAG,
+    ProfileSource.ENV: pb.PROFILE_SOURCE_ENV,
+    ProfileSource.CONFIG: pb.PROFILE_SOURCE_CONFIG,
+    ProfileSource.AUTO: pb.PROFILE_SOURCE_AUTO,
+    ProfileSource.DEFAULT: pb.PROFILE_SOURCE_DEFAULT,
+}
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class ProfileService(profiles_pb2_grpc.ProfileServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    async def GetActiveProfile(
+        self, request: pb.GetActiveProfileRequest, context: Context
+    ) -> pb.GetActiveProfileResponse:
+        a = self._rt.active
+        return pb.GetActiveProfileResponse(
+            profile=profile_pb(a.profile),
+            source=_SOURCE[a.source],
+            reason=a.reason,
+            gpus=[gpu_pb(g) for g in self._rt.gpus],
+            usable_vram_mb=a.usable_vram_mb,
+            available_profiles=sorted(self._rt.config.profiles),
+            warnings=list(a.warnings),
+            probe=self._rt.poller.kind,
+            overrides=list(a.overrides),
+        )
+
+    async def ListProfiles(
+        self, request: pb.ListProfilesRequest, context: Context
+    ) -> pb.ListProfilesResponse:
+        profiles = self._rt.config.profiles
+        return pb.ListProfilesResponse(
+            profiles=[profile_pb(profiles[name]) for name in sorted(profiles)],
+            active=self._rt.profile.name,
+        )
+
+    async def GetProfile(
+        self, request: pb.GetProfileRequest, context: Context
+    ) -> pb.GetProfileResponse:
+        profiles = self._rt.config.profiles
+        if not request.name:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "MISSING_FIELD",
+                "name: a profile name is required",
+                field="name",
+            )
+        if request.name not in profiles:
+            await abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                "UNKNOWN_PROFILE",
+                f"name: unknown profile {request.name!r} (known profiles: "
+                f"{', '.join(sorted(profiles))})",
+                field="name",
+            )
+        # The active one is returned with its --set overrides, as the daemon runs it.
+        p = self._rt.profile if request.name == self._rt.profile.name else profiles[request.name]
+        return pb.GetProfileResponse(profile=profile_pb(p))
+
+    async def GetGpuStatus(
+        self, request: pb.GetGpuStatusRequest, context: Context
+    ) -> pb.GetGpuStatusResponse:
+        return pb.GetGpuStatusResponse(
+            gpus=[gpu_pb(g) for g in self._rt.gpus], probe=self._rt.poller.kind
+        )

@@ -1,0 +1,103 @@
+"""SelectorService: role selection and explanations under the active profile."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from gpulet.v1 import selector_pb2 as pb
+from gpulet.v1 import selector_pb2_grpc
+from gpuletd.runtime import Runtime
+from gpuletd.selector import ExplainStatus, InvalidTopN, UnknownRole, explain, select
+from gpuletd.services.convert import bias_pb, model_pb
+from gpuletd.services.errors import abort
+
+__all__ = ["SelectorService"]
+
+DEFAULT_TOP_N = 3
+_STATUS = {
+    ExplainStatus.ELIGIBLE: pb.EXPLAIN_STATUS_ELIGIBLE,
+    ExplainStatus.REJECTED: pb.EXPLAIN_STATUS_REJECTED,
+    ExplainStatus.NO_SUPPORT: pb.EXPLAIN_STATUS_NO_SUPPORT,
+    ExplainStatus.NOT_FOUND: pb.EXPLAIN_STATUS_NOT_FOUND,
+}
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+async def _require(context: Context, field: str, value: str) -> None:
+    if not value:
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MISSING_FIELD",
+            f"{field}: a value is required",
+            field=field,
+        )
+
+
+class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    async def SelectByRole(
+        self, request: pb.SelectByRoleRequest, context: Context
+    ) -> pb.SelectByRoleResponse:
+        await _require(context, "role", request.role)
+        top_n = request.top_n if request.HasField("top_n") else DEFAULT_TOP_N
+        profile = self._rt.profile
+        try:
+            models = select(self._rt.registry, profile, request.role, top_n)
+        except UnknownRole as e:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "UNKNOWN_ROLE",
+                f"role: {e}",
+                field="role",
+                role=request.role,
+            )
+        except InvalidTopN as e:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "INVALID_TOP_N",
+                f"top_n: {e}",
+                field="top_n",
+            )
+        return pb.SelectByRoleResponse(
+            role=request.role,
+            profile=profile.name,
+            candidates=[
+                pb.Candidate(model=model_pb(m), role_priority=m.role_priority[request.role])
+                for m in models
+            ],
+            max_vram_mb=profile.max_vram_mb,
+            model_selection_bias=bias_pb(profile.model_selection_bias),
+        )
+
+    async def ExplainSelection(
+        self, request: pb.ExplainSelectionRequest, context: Context
+    ) -> pb.ExplainSelectionResponse:
+        await _require(context, "role", request.role)
+        await _require(context, "model_id", request.model_id)
+        e = explain(self._rt.registry, self._rt.profile, request.role, request.model_id)
+        return pb.ExplainSelectionResponse(
+            status=_STATUS[e.status],
+            reason=e.reason,
+            rank=e.rank or 0,
+            profile=self._rt.profile.name,
+        )
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[model_pb(m) for m in self._rt.registry.models.values()]
+        )
+
+    async def ListRoles(
+        self, request: pb.ListRolesRequest, context: Context
+    ) -> pb.ListRolesResponse:
+        return pb.ListRolesResponse(roles=self._rt.registry.roles())

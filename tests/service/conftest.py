@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from gpuletd.active_profile import resolve_active_profile
+from gpuletd.config import load_config
+from gpuletd.probe.poller import ProbePoller
+from gpuletd.probe.simulated import SimulatedProbe, parse_simulated_gpus
+from gpuletd.runtime import Runtime
+from gpuletd.server import build_server
+from tests.helpers import short_tmpdir
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[grpc.aio.Channel]:
+    """A real grpc.aio server on a temporary Unix socket: grpcio-testing cannot exercise
+    async servicers (they silently pass), so the services are tested over the wire."""
+    config = load_config([])
+    poller = ProbePoller(SimulatedProbe(parse_simulated_gpus("16384")))
+    await poller.open()
+    active = resolve_active_profile(config.profiles, poller.gpus)
+    server = build_server(Runtime(config, active, poller))
+    tmp = short_tmpdir()
+    address = f"unix:{tmp / 's.sock'}"
+    server.grpc_server.add_insecure_port(address)
+    await server.grpc_server.start()
+    await server.set_serving(True)
+    async with grpc.aio.insecure_channel(address) as ch:
+        yield ch
+    await server.grpc_server.stop(None)
+    await poller.close()
+    shutil.rmtree(tmp, ignore_errors=True)
