@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
 from gpulet.address import default_address, socket_path
-from gpulet.errors import DaemonUnavailable, from_rpc_error
+from gpulet.errors import DaemonUnavailable, GpuletError, from_rpc_error
+from gpulet.lease import Lease, Progress, lease_from_pb, renew_in_task, renew_in_thread
 from gpulet.v1 import (
+    leases_pb2,
     leases_pb2_grpc,
     profiles_pb2,
     profiles_pb2_grpc,
@@ -21,6 +26,40 @@ from gpulet.v1 import (
 __all__ = ["AsyncClient", "Client", "check_socket"]
 
 T = TypeVar("T")
+DEFAULT_TTL = 30.0
+ProgressCallback = Callable[[Progress], None]
+
+
+def acquire_request(
+    model_id: str | None,
+    role: str | None,
+    client_name: str | None,
+    ttl: float,
+    priority: int,
+    exclusive: bool,
+) -> leases_pb2.AcquireRequest:
+    if (model_id is None) == (role is None):
+        raise ValueError("give exactly one of model_id or role")
+    req = leases_pb2.AcquireRequest(
+        client_name=client_name or f"pid {os.getpid()}",
+        ttl_seconds=ttl,
+        priority=priority,
+        exclusive=exclusive,
+    )
+    if model_id is not None:
+        req.model_id = model_id
+    else:
+        req.role = role or ""
+    return req
+
+
+def _progress(r: leases_pb2.AcquireResponse) -> Progress | None:
+    which = r.WhichOneof("state")
+    if which == "queued":
+        return Progress("queued", r.queued.position, r.queued.queue_length)
+    if which == "loading":
+        return Progress("loading", model_id=r.loading.model_id)
+    return None
 
 
 def check_socket(address: str) -> None:
@@ -63,9 +102,7 @@ class Client:
             raise from_rpc_error(e) from None
 
     def active_profile(self) -> profiles_pb2.GetActiveProfileResponse:
-        return self.call(
-            self.profiles.GetActiveProfile, profiles_pb2.GetActiveProfileRequest()
-        )
+        return self.call(self.profiles.GetActiveProfile, profiles_pb2.GetActiveProfileRequest())
 
     def list_profiles(self) -> profiles_pb2.ListProfilesResponse:
         return self.call(self.profiles.ListProfiles, profiles_pb2.ListProfilesRequest())
@@ -96,6 +133,91 @@ class Client:
 
     def roles(self) -> selector_pb2.ListRolesResponse:
         return self.call(self.selector.ListRoles, selector_pb2.ListRolesRequest())
+
+    def acquire(
+        self,
+        model_id: str | None = None,
+        *,
+        role: str | None = None,
+        client_name: str | None = None,
+        ttl: float = DEFAULT_TTL,
+        priority: int = 0,
+        exclusive: bool = False,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Lease:
+        """Wait (queued, then loading) until the lease is granted; `timeout` bounds the wait."""
+        req = acquire_request(model_id, role, client_name, ttl, priority, exclusive)
+        try:
+            for r in self.leases.Acquire(req, timeout=timeout):
+                if r.WhichOneof("state") == "granted":
+                    return lease_from_pb(r.granted)
+                p = _progress(r)
+                if p is not None and on_progress is not None:
+                    on_progress(p)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        raise DaemonUnavailable("gpuletd closed the Acquire stream without a grant")
+
+    def renew(self, lease_id: str, token: str, *, ttl: float = 0.0) -> Lease:
+        r = self.call(
+            self.leases.Renew,
+            leases_pb2.RenewRequest(lease_id=lease_id, token=token, ttl_seconds=ttl),
+        )
+        return lease_from_pb(r.lease)
+
+    def release(self, lease_id: str, token: str) -> None:
+        self.call(self.leases.Release, leases_pb2.ReleaseRequest(lease_id=lease_id, token=token))
+
+    def list_leases(self) -> list[Lease]:
+        r = self.call(self.leases.ListLeases, leases_pb2.ListLeasesRequest())
+        return [lease_from_pb(m) for m in r.leases]
+
+    def watch(self) -> Iterator[leases_pb2.WatchResponse]:
+        try:
+            yield from self.leases.Watch(leases_pb2.WatchRequest(), timeout=None)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    @contextlib.contextmanager
+    def lease(
+        self,
+        model_id: str | None = None,
+        *,
+        role: str | None = None,
+        client_name: str | None = None,
+        ttl: float = DEFAULT_TTL,
+        priority: int = 0,
+        exclusive: bool = False,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Iterator[Lease]:
+        """Hold a lease for the `with` block: renewed in the background, released on exit.
+
+        If a renewal finds the lease gone (it expired, or the backend died), `lease.lost` is
+        set; the block is not interrupted."""
+        lease = self.acquire(
+            model_id,
+            role=role,
+            client_name=client_name,
+            ttl=ttl,
+            priority=priority,
+            exclusive=exclusive,
+            timeout=timeout,
+            on_progress=on_progress,
+        )
+        stop = threading.Event()
+        thread = renew_in_thread(
+            lease, ttl, lambda: self.renew(lease.lease_id, lease.token, ttl=ttl), stop
+        )
+        try:
+            yield lease
+        finally:
+            stop.set()
+            thread.join()
+            if not lease.lost.is_set():
+                with contextlib.suppress(GpuletError):
+                    self.release(lease.lease_id, lease.token)
 
 
 class AsyncClient:
@@ -146,3 +268,79 @@ class AsyncClient:
 
     async def models(self) -> selector_pb2.ListModelsResponse:
         return await self.call(self.selector.ListModels, selector_pb2.ListModelsRequest())
+
+    async def acquire(
+        self,
+        model_id: str | None = None,
+        *,
+        role: str | None = None,
+        client_name: str | None = None,
+        ttl: float = DEFAULT_TTL,
+        priority: int = 0,
+        exclusive: bool = False,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Lease:
+        req = acquire_request(model_id, role, client_name, ttl, priority, exclusive)
+        try:
+            async for r in self.leases.Acquire(req, timeout=timeout):
+                if r.WhichOneof("state") == "granted":
+                    return lease_from_pb(r.granted)
+                p = _progress(r)
+                if p is not None and on_progress is not None:
+                    on_progress(p)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        raise DaemonUnavailable("gpuletd closed the Acquire stream without a grant")
+
+    async def renew(self, lease_id: str, token: str, *, ttl: float = 0.0) -> Lease:
+        r = await self.call(
+            self.leases.Renew,
+            leases_pb2.RenewRequest(lease_id=lease_id, token=token, ttl_seconds=ttl),
+        )
+        return lease_from_pb(r.lease)
+
+    async def release(self, lease_id: str, token: str) -> None:
+        await self.call(
+            self.leases.Release, leases_pb2.ReleaseRequest(lease_id=lease_id, token=token)
+        )
+
+    async def list_leases(self) -> list[Lease]:
+        r = await self.call(self.leases.ListLeases, leases_pb2.ListLeasesRequest())
+        return [lease_from_pb(m) for m in r.leases]
+
+    @contextlib.asynccontextmanager
+    async def lease(
+        self,
+        model_id: str | None = None,
+        *,
+        role: str | None = None,
+        client_name: str | None = None,
+        ttl: float = DEFAULT_TTL,
+        priority: int = 0,
+        exclusive: bool = False,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> AsyncIterator[Lease]:
+        lease = await self.acquire(
+            model_id,
+            role=role,
+            client_name=client_name,
+            ttl=ttl,
+            priority=priority,
+            exclusive=exclusive,
+            timeout=timeout,
+            on_progress=on_progress,
+        )
+        renewer = asyncio.create_task(
+            renew_in_task(lease, ttl, lambda: self.renew(lease.lease_id, lease.token, ttl=ttl))
+        )
+        try:
+            yield lease
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            if not lease.lost.is_set():
+                with contextlib.suppress(GpuletError):
+                    await self.release(lease.lease_id, lease.token)

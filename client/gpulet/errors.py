@@ -12,7 +12,7 @@ GpuletError
  ├── BackendFailed          the model's serving process did not become healthy
  ├── LeaseError
  │    ├── PermissionDenied  wrong token: not your lease
- │    └── LeaseLost         the lease ended (expired, or its backend died)
+ │    └── LeaseLost         the lease ended (expired, or its backend died); also NotFound
  └── InternalError          a bug in gpuletd: please report it
 """
 
@@ -90,7 +90,7 @@ class LeaseError(GpuletError): ...
 class PermissionDenied(LeaseError): ...
 
 
-class LeaseLost(LeaseError): ...
+class LeaseLost(LeaseError, NotFound): ...
 
 
 class InternalError(GpuletError): ...

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from gpuletd.backends.placeholders import BackendConfigError, validate_process_model
 from gpuletd.config_errors import ConfigError, Location, SourceMap
 from gpuletd.config_fields import MODEL_FIELDS, PROFILE_FIELD_SPECS, Invalid
 from gpuletd.profiles import BUILTIN_PROFILES, PROFILE_FIELDS, Profile, Strategy
@@ -135,16 +136,20 @@ def _read_model(model_id: str, table: Any, src: SourceMap) -> Model:
     if "vram_estimate_mb" not in values:
         raise ConfigError(where, f"{what}: missing field 'vram_estimate_mb' (an integer >= 1)")
     backend = values.get("backend", Backend.RESERVATION)
-    if backend is Backend.PROCESS:
-        for required in ("command", "health_url"):
-            if required not in values:
-                raise ConfigError(where, f"{what}: backend 'process' needs field {required!r}")
+    if backend is Backend.PROCESS and "command" not in values:
+        raise ConfigError(where, f"{what}: backend 'process' needs field 'command'")
     values.setdefault("name", model_id)
     values.setdefault("quantization", "unknown")
     values.setdefault("role_priority", MappingProxyType({}))
-    return Model(
+    model = Model(
         id=model_id, backend=backend, **{k: v for k, v in values.items() if k != "backend"}
     )
+    if backend is Backend.PROCESS:
+        try:
+            validate_process_model(model)
+        except BackendConfigError as e:
+            raise ConfigError(where, str(e)) from None
+    return model
 
 
 class _Files:

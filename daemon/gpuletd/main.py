@@ -18,6 +18,7 @@ import structlog
 from gpulet.address import default_address, socket_path
 from gpuletd import __version__
 from gpuletd.active_profile import ActiveProfile, resolve_active_profile
+from gpuletd.broker import Broker
 from gpuletd.config import Config, config_paths, load_config
 from gpuletd.config_errors import ConfigError
 from gpuletd.logs import setup_logging
@@ -100,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
         "--listen", metavar="HOST:PORT", help="also serve on TCP (off unless asked: no auth)"
     )
     serve.add_argument("--socket-group", metavar="GROUP", help="group owning the socket (0660)")
+    serve.add_argument(
+        "--backend-log-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write each process backend's output to DIR/<model>.log",
+    )
     serve.add_argument(
         "--poll-interval",
         type=float,
@@ -211,8 +219,13 @@ async def _serve(ns: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    broker = Broker(
+        runtime,
+        log_dir=ns.backend_log_dir,
+        check_invariants=os.environ.get("GPULET_CHECK_INVARIANTS") == "1",
+    )
     with unix_socket(path, ns.socket_group):
-        server = build_server(runtime)
+        server = build_server(runtime, broker)
         server.grpc_server.add_insecure_port(f"unix:{path}")
         if ns.listen and server.grpc_server.add_insecure_port(ns.listen) == 0:
             raise ConfigError("--listen", f"cannot listen on {ns.listen!r}")
@@ -220,6 +233,7 @@ async def _serve(ns: argparse.Namespace) -> int:
         finish_socket(path, ns.socket_group)
         await server.set_serving(True)
         poller.start()
+        broker.start()
         status = (
             f"profile {active.profile.name} ({active.source.value}), {len(runtime.gpus)} GPU(s)"
         )
@@ -245,7 +259,9 @@ async def _serve(ns: argparse.Namespace) -> int:
         if dog:
             dog.cancel()
         await server.set_serving(False)
+        # Streams end first (Acquire waiters get CANCELLED), then every backend is stopped.
         await server.grpc_server.stop(grace=5)
+        await broker.close()
         await poller.close()
     log.info("stopped")
     return 0

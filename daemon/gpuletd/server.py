@@ -23,7 +23,9 @@ from gpulet.v1 import (
     selector_pb2,
     selector_pb2_grpc,
 )
+from gpuletd.broker import Broker
 from gpuletd.runtime import Runtime
+from gpuletd.services.lease_service import LeaseService
 from gpuletd.services.profile_service import ProfileService
 from gpuletd.services.selector_service import SelectorService
 
@@ -106,15 +108,13 @@ class Server:
             await self.health.set(name, status)
 
 
-def build_server(runtime: Runtime) -> Server:
+def build_server(runtime: Runtime, broker: Broker) -> Server:
     server = grpc.aio.server()
-    profiles_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileService(runtime), server)
-    selector_pb2_grpc.add_SelectorServiceServicer_to_server(SelectorService(runtime), server)
-    # Lease behaviour is the next milestone: the generated base answers UNIMPLEMENTED.
-    leases_pb2_grpc.add_LeaseServiceServicer_to_server(
-        leases_pb2_grpc.LeaseServiceServicer(),  # type: ignore[abstract]
-        server,
+    profiles_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileService(runtime, broker), server)
+    selector_pb2_grpc.add_SelectorServiceServicer_to_server(
+        SelectorService(runtime, broker), server
     )
+    leases_pb2_grpc.add_LeaseServiceServicer_to_server(LeaseService(broker), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

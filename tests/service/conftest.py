@@ -7,6 +7,7 @@ import grpc
 import pytest
 
 from gpuletd.active_profile import resolve_active_profile
+from gpuletd.broker import Broker
 from gpuletd.config import load_config
 from gpuletd.probe.poller import ProbePoller
 from gpuletd.probe.simulated import SimulatedProbe, parse_simulated_gpus
@@ -23,14 +24,18 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
     poller = ProbePoller(SimulatedProbe(parse_simulated_gpus("16384")))
     await poller.open()
     active = resolve_active_profile(config.profiles, poller.gpus)
-    server = build_server(Runtime(config, active, poller))
+    runtime = Runtime(config, active, poller)
+    broker = Broker(runtime)
+    server = build_server(runtime, broker)
     tmp = short_tmpdir()
     address = f"unix:{tmp / 's.sock'}"
     server.grpc_server.add_insecure_port(address)
     await server.grpc_server.start()
     await server.set_serving(True)
+    broker.start()
     async with grpc.aio.insecure_channel(address) as ch:
         yield ch
     await server.grpc_server.stop(None)
+    await broker.close()
     await poller.close()
     shutil.rmtree(tmp, ignore_errors=True)

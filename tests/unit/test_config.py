@@ -183,6 +183,18 @@ grace_period_seconds = 5
             "backend 'process' needs field 'command'",
         ),
         ('colour = "blue"\n', "gpulet.toml:1", "unknown top-level key 'colour'"),
+        (
+            '[models.m]\nvram_estimate_mb = 10\nbackend = "process"\n'
+            'command = ["srv", "--port", "{prot}"]\n',
+            "gpulet.toml:1",
+            "{prot}",
+        ),
+        (
+            '[models.m]\nvram_estimate_mb = 10\nbackend = "process"\ncommand = ["srv"]\n'
+            'env = { CUDA_VISIBLE_DEVICES = "0" }\n',
+            "gpulet.toml:1",
+            "CUDA_VISIBLE_DEVICES",
+        ),
     ],
 )
 def test_bad_files_name_file_line_field_and_expectation(text: str, where: str, needle: str) -> None:

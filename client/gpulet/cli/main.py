@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from gpulet.address import default_address
-from gpulet.cli import models, profile
+from gpulet.cli import lease, models, profile, run, watch
 from gpulet.client import Client
 from gpulet.errors import GpuletError
 
@@ -55,11 +55,45 @@ def _parser() -> argparse.ArgumentParser:
     p = add("explain", models.explain, "why a model is or is not a candidate for a role")
     p.add_argument("role")
     p.add_argument("model", help="model id, as in `gpulet models`")
+    lease_p = sub.add_parser("lease", help="acquire, renew, release and list leases")
+    lsub = lease_p.add_subparsers(dest="lease_command", metavar="COMMAND", required=True)
+    p = add("acquire", lease.acquire, "wait for a lease on a model, print it and exit", lsub)
+    lease.add_target_args(p)
+    for name, handler, text in (
+        ("renew", lease.renew, "extend a lease"),
+        ("release", lease.release, "end a lease now"),
+    ):
+        p = add(name, handler, text, lsub)
+        p.add_argument("lease_id")
+        p.add_argument("--token", required=True, help="the token printed by `lease acquire`")
+        if name == "renew":
+            p.add_argument("--ttl", type=float, default=None, metavar="S")
+    add("list", lease.list_leases, "live leases (without tokens)", lsub)
+    add("watch", watch.watch, "stream model and lease state changes (--json: one per line)")
+    p = add(
+        "run",
+        run.run,
+        "hold a lease while COMMAND runs, with CUDA_VISIBLE_DEVICES, "
+        "GPULET_ENDPOINT and GPULET_LEASE_ID set; exits with COMMAND's code",
+    )
+    p.usage = "gpulet run [options] (MODEL | --role ROLE) -- COMMAND [ARG ...]"
+    lease.add_target_args(p)
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = _parser().parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    # `gpulet run ... -- COMMAND`: everything after the first `--` is the command, untouched
+    # by argparse (which would otherwise take its first word for MODEL).
+    command: list[str] = []
+    if "--" in args:
+        cut = args.index("--")
+        args, command = args[:cut], args[cut + 1 :]
+    parser = _parser()
+    ns = parser.parse_args(args)
+    ns.command = command
+    if hasattr(ns, "role") and hasattr(ns, "exclusive"):
+        lease.check_target(ns, parser)
     handler: Handler = ns.handler
     try:
         with Client(address=ns.address) as client:

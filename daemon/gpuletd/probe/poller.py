@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import structlog
 
-from gpuletd.probe.types import GpuProbe, GpuSnapshot, ProbeUnavailable
+from gpuletd.probe.types import GpuProbe, GpuProcess, GpuSnapshot, ProbeUnavailable
 
 __all__ = ["ProbePoller"]
 
@@ -25,6 +25,10 @@ class ProbePoller:
         self.unavailable_reason: str | None = None
         self._listeners: list[Callable[[list[GpuSnapshot]], None]] = []
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def probe(self) -> GpuProbe | None:
+        return self._probe
 
     @property
     def kind(self) -> str:
@@ -55,6 +59,15 @@ class ProbePoller:
         for listener in self._listeners:
             listener(self.gpus)
         return self.gpus
+
+    async def processes(self, uuid: str) -> tuple[GpuProcess, ...]:
+        """Processes holding memory on one GPU: slow (a driver lock), so only on demand."""
+        if self._probe is None or self.gpus is None:
+            return ()
+        try:
+            return await asyncio.to_thread(self._probe.processes, uuid)
+        except KeyError:
+            return ()
 
     async def _run(self) -> None:
         while True:

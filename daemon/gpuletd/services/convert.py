@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from gpulet.v1 import types_pb2 as pb
-from gpuletd.probe.types import GpuSnapshot, GpuState, MigMode
+from gpuletd.probe.types import GpuProcess, GpuSnapshot, GpuState, MigMode
 from gpuletd.profiles import BUILTIN_PROFILES, Bias, Profile, Strategy
 from gpuletd.registry import Backend, Model
+from gpuletd.scheduler.decisions import ModelState
+from gpuletd.scheduler.views import ModelView
 
-__all__ = ["gpu_pb", "model_pb", "profile_pb"]
+__all__ = ["bias_pb", "gpu_pb", "model_pb", "model_state_pb", "profile_pb"]
 
 _STRATEGY = {
     Strategy.LOAD_UNLOAD: pb.STRATEGY_LOAD_UNLOAD,
@@ -63,7 +65,12 @@ def profile_pb(p: Profile) -> pb.Profile:
     return msg
 
 
-def gpu_pb(g: GpuSnapshot, placed: Mapping[str, int] | None = None) -> pb.Gpu:
+def gpu_pb(
+    g: GpuSnapshot,
+    placed: Mapping[str, int] | None = None,
+    processes: Sequence[GpuProcess] = (),
+    managed: Mapping[int, str] | None = None,
+) -> pb.Gpu:
     msg = pb.Gpu(
         index=g.index,
         uuid=g.uuid,
@@ -90,8 +97,23 @@ def gpu_pb(g: GpuSnapshot, placed: Mapping[str, int] | None = None) -> pb.Gpu:
     return msg
 
 
-def model_pb(m: Model) -> pb.Model:
-    return pb.Model(
+_MODEL_STATE = {
+    ModelState.UNLOADED: pb.MODEL_STATE_UNLOADED,
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.LOADED: pb.MODEL_STATE_LOADED,
+    ModelState.UNLOADING: pb.MODEL_STATE_UNLOADING,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
+}
+
+
+def model_state_pb(state: ModelState) -> pb.ModelState.ValueType:
+    return _MODEL_STATE[state]
+
+
+def model_pb(
+    m: Model, view: ModelView | None = None, *, endpoint: str = "", now: float = 0.0
+) -> pb.Model:
+    msg = pb.Model(
         id=m.id,
         name=m.name,
         backend=_BACKEND[m.backend],
@@ -101,4 +123,13 @@ def model_pb(m: Model) -> pb.Model:
         group=m.group or "",
         state=pb.MODEL_STATE_UNLOADED,
         reservation_mb=m.vram_estimate_mb,
+        endpoint=endpoint,
     )
+    if view is not None:
+        msg.state = _MODEL_STATE[view.state]
+        msg.gpu_uuids.extend(view.gpu_uuids)
+        msg.lease_count = view.lease_count
+        msg.reservation_mb = view.reservation_mb
+        if view.idle_since is not None:
+            msg.idle_seconds = max(0.0, now - view.idle_since)
+    return msg

@@ -9,6 +9,7 @@ import grpc
 from gpulet.v1 import profiles_pb2 as pb
 from gpulet.v1 import profiles_pb2_grpc
 from gpuletd.active_profile import ProfileSource
+from gpuletd.broker import Broker
 from gpuletd.runtime import Runtime
 from gpuletd.services.convert import gpu_pb, profile_pb
 from gpuletd.services.errors import abort
@@ -27,8 +28,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class ProfileService(profiles_pb2_grpc.ProfileServiceServicer):
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, broker: Broker) -> None:
         self._rt = runtime
+        self._broker = broker
 
     async def GetActiveProfile(
         self, request: pb.GetActiveProfileRequest, context: Context
@@ -83,6 +85,10 @@ class ProfileService(profiles_pb2_grpc.ProfileServiceServicer):
     async def GetGpuStatus(
         self, request: pb.GetGpuStatusRequest, context: Context
     ) -> pb.GetGpuStatusResponse:
-        return pb.GetGpuStatusResponse(
-            gpus=[gpu_pb(g) for g in self._rt.gpus], probe=self._rt.poller.kind
-        )
+        placed = self._broker.placed_by_gpu()
+        managed = self._broker.managed_pids()
+        gpus = []
+        for g in self._rt.gpus:
+            procs = await self._rt.poller.processes(g.uuid) if request.include_processes else ()
+            gpus.append(gpu_pb(g, placed.get(g.uuid), procs, managed))
+        return pb.GetGpuStatusResponse(gpus=gpus, probe=self._rt.poller.kind)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
 
 from gpulet.v1 import selector_pb2 as pb
 from gpulet.v1 import selector_pb2_grpc
+from gpuletd.broker import Broker
 from gpuletd.runtime import Runtime
 from gpuletd.selector import ExplainStatus, InvalidTopN, UnknownRole, explain, select
 from gpuletd.services.convert import bias_pb, model_pb
@@ -38,8 +40,9 @@ async def _require(context: Context, field: str, value: str) -> None:
 
 
 class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, broker: Broker) -> None:
         self._rt = runtime
+        self._broker = broker
 
     async def SelectByRole(
         self, request: pb.SelectByRoleRequest, context: Context
@@ -93,8 +96,13 @@ class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
+        views = self._broker.models()
+        now = time.monotonic()
         return pb.ListModelsResponse(
-            models=[model_pb(m) for m in self._rt.registry.models.values()]
+            models=[
+                model_pb(m, views.get(m.id), endpoint=self._broker.endpoint(m.id), now=now)
+                for m in self._rt.registry.models.values()
+            ]
         )
 
     async def ListRoles(

@@ -1,0 +1,532 @@
+"""The async shell around the pure scheduler core: it feeds the core events (requests,
+releases, backend health, probe readings, the clock) and carries out its decisions (start
+and stop backends, answer waiting Acquire streams, tell Watch subscribers).
+
+Everything runs on the event loop thread, so calls into the core are serialised without
+locks: a grant and an eviction are always decided one after the other by the same core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gpuletd.backends import BackendError, ExitStatus, ProcessBackend, RunningBackend
+from gpuletd.probe.simulated import SimulatedProbe
+from gpuletd.registry import Backend
+from gpuletd.runtime import Runtime
+from gpuletd.scheduler import Scheduler
+from gpuletd.scheduler.decisions import (
+    Decision,
+    Granted,
+    LeaseEnded,
+    LeaseEndReason,
+    LeaseRefused,
+    Loading,
+    ModelState,
+    ModelStateChanged,
+    PreloadSkipped,
+    Queued,
+    RejectCode,
+    Rejected,
+    Renewed,
+    StartBackend,
+    StopBackend,
+)
+from gpuletd.scheduler.invariants import check_invariants
+from gpuletd.scheduler.views import LeaseView, ModelView, QueueEntry
+from gpuletd.selector import InvalidTopN, UnknownRole, select
+
+__all__ = ["Broker", "LeaseEvent", "LeaseFailed", "LeaseInfo", "WatchEvent"]
+
+log = structlog.get_logger(__name__)
+
+LEASE_ID = re.compile(r"^l-[0-9a-f]{16}$")
+WATCH_BUFFER = 1024
+
+
+class LeaseFailed(Exception):
+    """A lease operation refused; `code` names the gRPC status, `reason` the ErrorInfo."""
+
+    def __init__(self, code: RejectCode | str, reason: str, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.code = code.value if isinstance(code, RejectCode) else code
+        self.reason = reason
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    lease_id: str
+    model_id: str
+    gpu_uuids: tuple[str, ...]
+    endpoint: str
+    client: str
+    exclusive: bool
+    granted_at: float  # wall clock (time.time())
+    expires_at: float  # wall clock
+    token: str = ""  # only in the answer to the Acquire that made it
+
+    @property
+    def cuda_visible_devices(self) -> str:
+        return ",".join(self.gpu_uuids)
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    kind: str  # granted, renewed, released, expired, backend_died, cancelled
+    lease: LeaseInfo
+    reason: str = ""
+
+
+WatchEvent = ModelStateChanged | LeaseEvent
+AcquireUpdate = Queued | Loading | LeaseInfo
+
+
+class Broker:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        backends: ProcessBackend | None = None,
+        log_dir: Path | None = None,
+        stop_grace_s: float = 10.0,
+        check_invariants: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._rt = runtime
+        self._clock = clock
+        self._wall = wall
+        self._backends = backends or ProcessBackend()
+        self._log_dir = log_dir
+        self._stop_grace_s = stop_grace_s
+        self._check = check_invariants
+        self._core = Scheduler(
+            runtime.profile, runtime.registry.models, runtime.gpus, preload=runtime.config.preload
+        )
+        self._waiters: dict[str, asyncio.Queue[Decision]] = {}
+        self._tokens: dict[str, str] = {}
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, RunningBackend] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watchers: set[asyncio.Queue[WatchEvent | None]] = set()
+        self._kick = asyncio.Event()
+        self._timer: asyncio.Task[None] | None = None
+        runtime.poller.subscribe(self._on_probe)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._apply(self._core.start(self._clock()))
+        self._timer = asyncio.create_task(self._run_timer(), name="scheduler-timer")
+
+    async def close(self) -> None:
+        """Stop every backend (nothing left running) and end Watch streams."""
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        for task in list(self._starting.values()):
+            task.cancel()
+        await asyncio.gather(*self._starting.values(), return_exceptions=True)
+        running = list(self._running.values())
+        self._running.clear()
+        await asyncio.gather(
+            *(rb.stop(self._stop_grace_s) for rb in running), return_exceptions=True
+        )
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for q in self._watchers:
+            q.put_nowait(None)
+
+    # -- the API the servicers call ---------------------------------------------------------
+
+    async def acquire(
+        self,
+        *,
+        model_id: str = "",
+        role: str = "",
+        client: str = "",
+        ttl_s: float = 0.0,
+        priority: int = 0,
+        exclusive: bool = False,
+        timeout_s: float | None = None,
+    ) -> AsyncGenerator[AcquireUpdate, None]:
+        """Yields Queued / Loading updates, then the granted LeaseInfo (with its token), or
+        raises LeaseFailed. Closing the iterator before the grant cancels the request."""
+        if ttl_s < 0:
+            raise LeaseFailed(
+                "INVALID_ARGUMENT",
+                "INVALID_TTL",
+                f"ttl_seconds: must be >= 0 (0 means the default), got {ttl_s}",
+                "ttl_seconds",
+            )
+        if role:
+            model_id = self._pick_for_role(role)
+        elif not model_id:
+            raise LeaseFailed(
+                "INVALID_ARGUMENT",
+                "MISSING_FIELD",
+                "model_id or role: one of them is required",
+                "model_id",
+            )
+        rid = f"l-{secrets.token_hex(8)}"
+        token = secrets.token_urlsafe(24)
+        queue: asyncio.Queue[Decision] = asyncio.Queue()
+        self._waiters[rid] = queue
+        self._tokens[rid] = token
+        now = self._clock()
+        granted = False
+        try:
+            self._apply(
+                self._core.request(
+                    rid,
+                    model_id,
+                    now=now,
+                    client=client,
+                    priority=priority,
+                    ttl_s=ttl_s or None,
+                    exclusive=exclusive,
+                    deadline=None if timeout_s is None else now + timeout_s,
+                )
+            )
+            while True:
+                d = await queue.get()
+                if isinstance(d, Rejected):
+                    raise LeaseFailed(
+                        d.code,
+                        d.reason.value,
+                        d.message,
+                        "model_id" if d.reason.value == "UNKNOWN_MODEL" else "",
+                    )
+                if isinstance(d, Granted):
+                    granted = True
+                    view = self._core.lease(rid)
+                    assert view is not None
+                    yield self._lease_info(view, token=token)
+                    return
+                if isinstance(d, Queued | Loading):
+                    yield d
+        finally:
+            self._waiters.pop(rid, None)
+            if not granted:
+                self._tokens.pop(rid, None)
+                # The client went away (or its deadline passed) before the grant.
+                self._apply(self._core.cancel(rid, now=self._clock()))
+
+    def renew(self, lease_id: str, token: str, ttl_s: float = 0.0) -> LeaseInfo:
+        self._check_lease_access(lease_id, token)
+        if ttl_s < 0:
+            raise LeaseFailed(
+                "INVALID_ARGUMENT",
+                "INVALID_TTL",
+                f"ttl_seconds: must be >= 0, got {ttl_s}",
+                "ttl_seconds",
+            )
+        out = self._core.renew(lease_id, now=self._clock(), ttl_s=ttl_s or None)
+        self._apply(out)
+        self._raise_if_rejected(out, lease_id)
+        view = self._core.lease(lease_id)
+        assert view is not None
+        return self._lease_info(view)
+
+    def release(self, lease_id: str, token: str) -> None:
+        self._check_lease_access(lease_id, token)
+        out = self._core.release(lease_id, now=self._clock())
+        self._apply(out)
+        self._raise_if_rejected(out, lease_id)
+
+    def leases(self) -> list[LeaseInfo]:
+        return [self._lease_info(v) for v in self._core.leases()]
+
+    def queue(self) -> list[QueueEntry]:
+        return self._core.queue()
+
+    def models(self) -> dict[str, ModelView]:
+        return self._core.models()
+
+    def placed_by_gpu(self) -> dict[str, dict[str, int]]:
+        placed: dict[str, dict[str, int]] = {}
+        for mid, v in self._core.models().items():
+            for uuid, mb in zip(v.gpu_uuids, v.gpu_reservations_mb, strict=False):
+                placed.setdefault(uuid, {})[mid] = mb
+        return placed
+
+    def managed_pids(self) -> dict[int, str]:
+        return {pid: mid for mid, rb in self._running.items() for pid in rb.pids()}
+
+    def endpoint(self, model_id: str) -> str:
+        rb = self._running.get(model_id)
+        if rb is not None and rb.endpoint:
+            return rb.endpoint
+        m = self._rt.registry.get(model_id)
+        return (m.endpoint or "") if m is not None else ""
+
+    async def watch(self) -> AsyncGenerator[WatchEvent, None]:
+        q: asyncio.Queue[WatchEvent | None] = asyncio.Queue(WATCH_BUFFER)
+        self._watchers.add(q)
+        try:
+            while (ev := await q.get()) is not None:
+                yield ev
+        finally:
+            self._watchers.discard(q)
+        raise LeaseFailed(
+            "RESOURCE_EXHAUSTED",
+            "WATCH_OVERFLOW",
+            f"watch stream fell more than {WATCH_BUFFER} events behind; "
+            "reconnect and re-read the state",
+        )
+
+    # -- helpers for the API ------------------------------------------------------------------
+
+    def _pick_for_role(self, role: str) -> str:
+        loaded = {
+            mid
+            for mid, v in self._core.models().items()
+            if v.state in (ModelState.LOADED, ModelState.LOADING)
+        }
+        try:
+            best = select(self._rt.registry, self._rt.profile, role, 1, loaded=loaded)
+        except UnknownRole as e:
+            raise LeaseFailed("INVALID_ARGUMENT", "UNKNOWN_ROLE", f"role: {e}", "role") from None
+        except InvalidTopN as e:  # pragma: no cover - top_n is fixed at 1 here
+            raise LeaseFailed("INVALID_ARGUMENT", "INVALID_ARGUMENT", str(e)) from None
+        if not best:
+            raise LeaseFailed(
+                "RESOURCE_EXHAUSTED",
+                "MODEL_TOO_LARGE",
+                f"role: no model for {role!r} fits profile {self._rt.profile.name} "
+                f"(max_vram_mb={self._rt.profile.max_vram_mb})",
+                "role",
+            )
+        return best[0].id
+
+    def _check_lease_access(self, lease_id: str, token: str) -> None:
+        if not LEASE_ID.match(lease_id):
+            raise LeaseFailed(
+                "INVALID_ARGUMENT",
+                "MALFORMED_LEASE_ID",
+                f"lease_id: {lease_id!r} is not a lease id (l- and 16 hex digits)",
+                "lease_id",
+            )
+        expected = self._tokens.get(lease_id)
+        # Unknown or ended leases fall through to the core, which says which of the two.
+        if expected is not None and not hmac.compare_digest(expected, token):
+            raise LeaseFailed(
+                "PERMISSION_DENIED",
+                "WRONG_TOKEN",
+                f"token: does not match lease {lease_id}: not your lease",
+                "token",
+            )
+
+    @staticmethod
+    def _raise_if_rejected(out: list[Decision], lease_id: str) -> None:
+        for d in out:
+            if isinstance(d, LeaseRefused) and d.lease_id == lease_id:
+                raise LeaseFailed(d.code, d.reason.value, f"lease_id: {d.message}", "lease_id")
+
+    def _lease_info(self, v: LeaseView, token: str = "") -> LeaseInfo:
+        offset = self._wall() - self._clock()
+        return LeaseInfo(
+            lease_id=v.lease_id,
+            model_id=v.model_id,
+            gpu_uuids=v.gpu_uuids,
+            endpoint=self.endpoint(v.model_id),
+            client=v.client,
+            exclusive=v.exclusive,
+            granted_at=v.granted_at + offset,
+            expires_at=v.expires_at + offset,
+            token=token,
+        )
+
+    # -- carrying out decisions -----------------------------------------------------------------
+
+    def _apply(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            if isinstance(d, Queued | Loading | Rejected):
+                if (q := self._waiters.get(d.request_id)) is not None:
+                    q.put_nowait(d)
+            elif isinstance(d, Granted):
+                if (q := self._waiters.get(d.lease_id)) is not None:
+                    q.put_nowait(d)
+                self._lease_event("granted", d.lease_id)
+                log.info("lease granted", lease=d.lease_id, model=d.model_id, gpus=d.gpu_uuids)
+            elif isinstance(d, Renewed):
+                self._lease_event("renewed", d.lease_id)
+            elif isinstance(d, LeaseEnded):
+                self._tokens.pop(d.lease_id, None)
+                self._lease_ended(d)
+            elif isinstance(d, StartBackend):
+                self._starting[d.model_id] = self._spawn(self._start_backend(d))
+            elif isinstance(d, StopBackend):
+                log.info(
+                    "stopping model", model=d.model_id, reason=d.reason.value, detail=d.message
+                )
+                self._spawn(self._stop_backend(d))
+            elif isinstance(d, ModelStateChanged):
+                log.info(
+                    "model state",
+                    model=d.model_id,
+                    state=d.state.value,
+                    gpus=d.gpu_uuids,
+                    detail=d.message or None,
+                )
+                self._broadcast(d)
+            elif isinstance(d, PreloadSkipped):
+                log.warning("preload skipped", model=d.model_id, reason=d.message)
+        self._sync_simulated_probe()
+        if self._check and (problems := check_invariants(self._core)):
+            # Debug aid for tests and load runs: the core broke a promise.
+            log.error("invariant violated", problems=problems)
+        self._kick.set()
+
+    def _lease_event(self, kind: str, lease_id: str, reason: str = "") -> None:
+        view = self._core.lease(lease_id)
+        if view is not None:
+            self._broadcast(LeaseEvent(kind, self._lease_info(view), reason))
+
+    def _lease_ended(self, d: LeaseEnded) -> None:
+        now = self._wall()
+        info = LeaseInfo(d.lease_id, d.model_id, (), self.endpoint(d.model_id), "", False, now, now)
+        self._broadcast(LeaseEvent(d.reason.value, info, d.message))
+        if d.reason is not LeaseEndReason.RELEASED:
+            log.info(
+                "lease ended",
+                lease=d.lease_id,
+                model=d.model_id,
+                reason=d.reason.value,
+                detail=d.message,
+            )
+
+    def _broadcast(self, ev: WatchEvent) -> None:
+        for q in list(self._watchers):
+            try:
+                q.put_nowait(ev)
+            except asyncio.QueueFull:
+                # A subscriber that cannot keep up is cut off rather than slowing the daemon.
+                self._watchers.discard(q)
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    q.get_nowait()
+                q.put_nowait(None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("broker task failed", error=repr(exc), exc_info=exc)
+
+    async def _start_backend(self, d: StartBackend) -> None:
+        model = self._rt.registry.get(d.model_id)
+        assert model is not None
+        try:
+            if model.backend is Backend.RESERVATION:
+                # Nothing to start: the holder loads the model itself.
+                self._apply(
+                    self._core.load_succeeded(d.model_id, measured_mb=None, now=self._clock())
+                )
+                return
+            timeout = model.autostart_timeout_seconds or self._rt.profile.autostart_timeout_seconds
+            try:
+                rb = await self._backends.start(
+                    model, d.gpu_uuids, timeout_s=timeout, log_dir=self._log_dir
+                )
+            except BackendError as e:
+                log.warning("backend failed to start", model=d.model_id, error=str(e))
+                self._apply(self._core.load_failed(d.model_id, str(e), now=self._clock()))
+                return
+            self._running[d.model_id] = rb
+            rb.add_exit_callback(self._on_backend_exit)
+            measured = await self._measure(rb)
+            log.info(
+                "backend healthy",
+                model=d.model_id,
+                pid=rb.pid,
+                endpoint=rb.endpoint,
+                measured_mb=measured,
+            )
+            self._apply(
+                self._core.load_succeeded(d.model_id, measured_mb=measured, now=self._clock())
+            )
+        finally:
+            if self._starting.get(d.model_id) is asyncio.current_task():
+                del self._starting[d.model_id]
+
+    async def _measure(self, rb: RunningBackend) -> int | None:
+        """The backend's memory as the probe sees it: its whole process tree (model servers
+        fork workers), summed over its GPUs. None when the probe cannot say."""
+        pids = set(rb.pids())
+        total, known = 0, False
+        for uuid in rb.gpu_uuids:
+            for p in await self._rt.poller.processes(uuid):
+                if p.pid in pids and p.used_mb is not None:
+                    total += p.used_mb
+                    known = True
+        return total if known else None
+
+    def _on_backend_exit(self, rb: RunningBackend, status: ExitStatus) -> None:
+        if status.expected or self._running.get(rb.model_id) is not rb:
+            return
+        del self._running[rb.model_id]
+        tail = "; ".join(rb.log_tail(5))
+        reason = f"backend {status.describe()}" + (f"; last log lines: {tail}" if tail else "")
+        log.warning("backend died", model=rb.model_id, pid=rb.pid, reason=reason)
+        self._apply(self._core.backend_died(rb.model_id, reason, now=self._clock()))
+        # Its process group may have left workers holding memory: make sure they are gone.
+        self._spawn(rb.stop(self._stop_grace_s))
+
+    async def _stop_backend(self, d: StopBackend) -> None:
+        starting = self._starting.pop(d.model_id, None)
+        if starting is not None:
+            # A load timed out in the core: cancelling the start kills the process group.
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+        rb = self._running.pop(d.model_id, None)
+        if rb is not None:
+            await rb.stop(self._stop_grace_s)
+        self._apply(self._core.unload_finished(d.model_id, now=self._clock()))
+        # Read the GPUs now rather than at the next poll: the next placement waits until the
+        # freed memory shows up in a reading.
+        await self._rt.poller.poll_once()
+
+    # -- the clock and the probe -------------------------------------------------------------
+
+    async def _run_timer(self) -> None:
+        while True:
+            self._kick.clear()
+            wake = self._core.next_wakeup()
+            now = self._clock()
+            if wake is not None and wake <= now:
+                self._apply(self._core.tick(now))
+                await asyncio.sleep(0)
+                continue
+            delay = None if wake is None else wake - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), delay)
+
+    def _on_probe(self, gpus: list[Any]) -> None:
+        self._apply(self._core.probe(gpus, now=self._clock()))
+
+    def _sync_simulated_probe(self) -> None:
+        probe = self._rt.poller.probe
+        if isinstance(probe, SimulatedProbe):
+            # Simulated GPUs report what is placed on them as used, so that admission, the
+            # wait for freed memory and measured footprints all run without a GPU.
+            probe.set_used(self._core.reserved_mb_by_gpu())

@@ -1,0 +1,55 @@
+"""The scheduler core: a pure, deterministic object that turns events and a clock into
+decisions (queue, load, grant, evict, refuse). See `core` and docs/scheduling.md."""
+
+from __future__ import annotations
+
+from gpuletd.scheduler.core import Scheduler
+from gpuletd.scheduler.decisions import (
+    Decision,
+    Granted,
+    LeaseEnded,
+    LeaseEndReason,
+    LeaseRefused,
+    Loading,
+    ModelState,
+    ModelStateChanged,
+    PreloadSkipped,
+    Queued,
+    RejectCode,
+    Rejected,
+    RejectReason,
+    Renewed,
+    StartBackend,
+    StopBackend,
+    StopReason,
+)
+from gpuletd.scheduler.invariants import check_invariants
+from gpuletd.scheduler.state import Tuning
+from gpuletd.scheduler.views import GpuView, LeaseView, ModelView, QueueEntry
+
+__all__ = [
+    "Decision",
+    "GpuView",
+    "Granted",
+    "LeaseEndReason",
+    "LeaseEnded",
+    "LeaseRefused",
+    "LeaseView",
+    "Loading",
+    "ModelState",
+    "ModelStateChanged",
+    "ModelView",
+    "PreloadSkipped",
+    "QueueEntry",
+    "Queued",
+    "RejectCode",
+    "RejectReason",
+    "Rejected",
+    "Renewed",
+    "Scheduler",
+    "StartBackend",
+    "StopBackend",
+    "StopReason",
+    "Tuning",
+    "check_invariants",
+]

@@ -1,0 +1,111 @@
+"""What must hold between any two events, checked from the public views only.
+
+Used after every step of the property tests; cheap enough for the daemon to run in debug
+mode after every event. Returns the violations as sentences (empty: all is well).
+"""
+
+from __future__ import annotations
+
+from gpuletd.scheduler.decisions import ModelState
+from gpuletd.scheduler.views import SchedulerViews
+
+__all__ = ["check_invariants"]
+
+_HOLDING = (ModelState.LOADING, ModelState.LOADED, ModelState.UNLOADING)
+
+
+def check_invariants(scheduler: SchedulerViews) -> list[str]:
+    s = scheduler
+    p = s.profile
+    bad: list[str] = []
+    models = s.models()
+    leases = s.leases()
+    queue = s.queue()
+    holding = [m for m in models.values() if m.state in _HOLDING]
+
+    # Budget and concurrency.
+    reserved = sum(m.reserved_mb for m in holding)
+    if reserved > p.max_vram_mb:
+        bad.append(f"reserved {reserved} MiB > profile budget {p.max_vram_mb} MiB")
+    if len(holding) > p.max_concurrent_models:
+        names = ", ".join(m.model_id for m in holding)
+        bad.append(f"{len(holding)} models hold memory ({names}) > {p.max_concurrent_models}")
+
+    # Per GPU.
+    for g in s.gpus():
+        if g.total_mb is not None and g.reserved_mb > g.total_mb - g.headroom_mb:
+            bad.append(
+                f"GPU {g.index}: reserved {g.reserved_mb} MiB > {g.total_mb} - {g.headroom_mb}"
+            )
+        on_gpu = sum(
+            mb
+            for m in holding
+            for u, mb in zip(m.gpu_uuids, m.gpu_reservations_mb, strict=True)
+            if u == g.uuid
+        )
+        if on_gpu != g.reserved_mb:
+            bad.append(f"GPU {g.index}: view says {g.reserved_mb} MiB, models {on_gpu} MiB")
+        loading = [
+            m.model_id for m in holding if m.state is ModelState.LOADING and g.uuid in m.gpu_uuids
+        ]
+        if len(loading) > 1:
+            bad.append(f"GPU {g.index}: {len(loading)} loads at once ({', '.join(loading)})")
+
+    # Models.
+    for m in models.values():
+        if m.state in _HOLDING:
+            if m.gpu_uuids and sum(m.gpu_reservations_mb) != m.reserved_mb:
+                bad.append(f"{m.model_id}: shares {m.gpu_reservations_mb} != {m.reserved_mb}")
+            if m.reserved_mb <= 0:
+                bad.append(f"{m.model_id}: {m.state.value} but reserves nothing")
+        elif m.reserved_mb or m.gpu_uuids:
+            bad.append(f"{m.model_id}: {m.state.value} but still holds {m.reserved_mb} MiB")
+        if m.lease_count and m.state is not ModelState.LOADED:
+            bad.append(f"{m.model_id}: {m.lease_count} lease(s) while {m.state.value}")
+        if m.waiters and m.state is not ModelState.LOADING:
+            bad.append(f"{m.model_id}: {len(m.waiters)} waiter(s) while {m.state.value}")
+
+    # Leases.
+    per_model: dict[str, int] = {}
+    for le in leases:
+        per_model[le.model_id] = per_model.get(le.model_id, 0) + 1
+        owner = models.get(le.model_id)
+        if owner is None or owner.state is not ModelState.LOADED:
+            bad.append(f"lease {le.lease_id} on {le.model_id}, which is not loaded")
+        elif le.gpu_uuids != owner.gpu_uuids:
+            bad.append(f"lease {le.lease_id} is on {le.gpu_uuids}, its model on {owner.gpu_uuids}")
+        if le.expires_at <= s.now:
+            bad.append(f"lease {le.lease_id} outlived its expiry {le.expires_at} (now {s.now})")
+    for le in leases:
+        if le.exclusive and per_model[le.model_id] > 1:
+            bad.append(f"exclusive lease {le.lease_id} shares {le.model_id}")
+    for mid, m in models.items():
+        if m.lease_count != per_model.get(mid, 0):
+            bad.append(f"{mid}: lease count {m.lease_count} != {per_model.get(mid, 0)}")
+
+    # Queue.
+    if len(queue) > s.queue_limit:
+        bad.append(f"{len(queue)} pending requests > queue limit {s.queue_limit}")
+    lease_ids = {le.lease_id for le in leases}
+    turns = [q for q in queue if q.position is not None]
+    if [q.position for q in turns] != list(range(1, len(turns) + 1)):
+        bad.append(f"positions are not 1..n: {[q.position for q in turns]}")
+    last_seq: dict[int, int] = {}
+    for q in turns:
+        # FIFO within a priority: aging moves both at the same rate, so arrival order holds.
+        if q.seq < last_seq.get(q.priority, -1):
+            bad.append(f"request {q.request_id} is ahead of an older one of priority {q.priority}")
+        last_seq[q.priority] = q.seq
+        if q.bypassed > s.bypass_limit:
+            bad.append(f"request {q.request_id} bypassed {q.bypassed} > {s.bypass_limit} times")
+    waiting_on_load = {rid for m in models.values() for rid in m.waiters}
+    for q in queue:
+        if q.request_id in lease_ids:
+            bad.append(f"request {q.request_id} is both pending and granted")
+        if (q.position is None) != (q.request_id in waiting_on_load):
+            bad.append(f"request {q.request_id}: joined-a-load flag disagrees with the model")
+        if q.model_id not in models:
+            bad.append(f"request {q.request_id} for unknown model {q.model_id}")
+    if len(waiting_on_load) != sum(len(m.waiters) for m in models.values()):
+        bad.append("a request waits on two loads")
+    return bad

@@ -1,0 +1,93 @@
+"""The scheduler's mutable state: one record per model, per GPU and per lease.
+
+These are the core's private bookkeeping; the daemon reads the frozen views in `views.py`.
+Lease and backend state live here, in one owner, so that persisting them later is a matter
+of writing these records out, not of finding them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gpuletd.probe.types import GpuState
+from gpuletd.registry import Model
+from gpuletd.scheduler.decisions import ModelState
+from gpuletd.scheduler.eviction import ReuseEstimator
+
+__all__ = ["GpuRecord", "LeaseRecord", "ModelRecord", "PendingFree"]
+
+
+@dataclass
+class ModelRecord:
+    model: Model
+    usage: ReuseEstimator
+    state: ModelState = ModelState.UNLOADED
+    # Where it is, and the MiB reserved on each of those GPUs (empty while it holds nothing).
+    gpu_uuids: tuple[str, ...] = ()
+    shares: dict[str, int] = field(default_factory=dict)
+    # Total MiB counted against the profile budget while it holds memory (0 otherwise).
+    reserved_mb: int = 0
+    # Its live leases, in grant order.
+    leases: dict[str, LeaseRecord] = field(default_factory=dict)
+    # Request ids waiting on the current load, in the order they joined.
+    waiters: list[str] = field(default_factory=list)
+    load_started_at: float | None = None
+    idle_since: float | None = None
+    # The state it settles in when the unload under way finishes.
+    after_unload: ModelState = ModelState.UNLOADED
+    last_error: str = ""
+    measured_mb: int | None = None
+    # Smoothed StartBackend -> healthy time; None until measured once.
+    load_seconds: float | None = None
+    consecutive_failures: int = 0
+    backoff_until: float = float("-inf")
+    # For telling a crash right after a healthy start (a crash loop) from one after a long run.
+    healthy_since: float = float("-inf")
+    streak_at_success: int = 0
+    # A preloaded model (concurrent_full): never unloaded for idleness, evictable under pressure.
+    keep_warm: bool = False
+
+    @property
+    def reservation_mb(self) -> int:
+        """Estimate, raised to what was measured once the backend was healthy."""
+        return max(self.model.vram_estimate_mb, self.measured_mb or 0)
+
+    @property
+    def holds_memory(self) -> bool:
+        return self.state in (ModelState.LOADING, ModelState.LOADED, ModelState.UNLOADING)
+
+
+@dataclass(frozen=True)
+class PendingFree:
+    """Memory given back by an unload, not yet seen free by the probe."""
+
+    mb: int
+    at: float
+
+
+@dataclass
+class GpuRecord:
+    uuid: str
+    index: int
+    name: str
+    total_mb: int | None
+    state: GpuState
+    free_mb: int | None
+    read_at: float
+    lost: bool = False
+    foreign_mb: int = 0
+    pending: list[PendingFree] = field(default_factory=list)
+    last_release_at: float = float("-inf")
+
+
+@dataclass
+class LeaseRecord:
+    lease_id: str
+    model_id: str
+    client: str
+    priority: int
+    exclusive: bool
+    gpu_uuids: tuple[str, ...]
+    granted_at: float
+    expires_at: float
+    ttl_s: float

@@ -1,0 +1,219 @@
+"""Read-only snapshots of the scheduler's state, for the daemon (ListLeases, `gpulet models`,
+GetGpuStatus, metrics) and for the invariant checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpuletd.probe.types import GpuState
+from gpuletd.profiles import Profile
+from gpuletd.scheduler.decisions import ModelState
+from gpuletd.scheduler.records import LeaseRecord, ModelRecord
+from gpuletd.scheduler.state import SchedulerState
+
+__all__ = ["GpuView", "LeaseView", "ModelView", "QueueEntry", "SchedulerViews"]
+
+
+@dataclass(frozen=True)
+class ModelView:
+    model_id: str
+    state: ModelState
+    gpu_uuids: tuple[str, ...]
+    # MiB reserved on each of gpu_uuids (same order); empty when it holds no memory.
+    gpu_reservations_mb: tuple[int, ...]
+    # Total MiB it counts against the budget now (0 when unloaded or failed).
+    reserved_mb: int
+    # What it would reserve if loaded: max(estimate, last measurement).
+    reservation_mb: int
+    measured_mb: int | None
+    lease_count: int
+    # Request ids waiting on its load under way.
+    waiters: tuple[str, ...]
+    # Since when it has been loaded with no lease (None when leased or not loaded).
+    idle_since: float | None
+    # When it unloads for idleness if still unleased (None: not due, or keep-warm).
+    grace_until: float | None
+    keep_warm: bool
+    load_seconds: float | None
+    consecutive_failures: int
+    # No load is started before this time (backoff after failures); None when not backing off.
+    backoff_until: float | None
+    last_error: str
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    lease_id: str
+    model_id: str
+    client: str
+    priority: int
+    exclusive: bool
+    gpu_uuids: tuple[str, ...]
+    granted_at: float
+    expires_at: float
+    ttl_s: float
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    request_id: str
+    model_id: str
+    client: str
+    priority: int
+    effective_priority: int
+    exclusive: bool
+    arrived_at: float
+    deadline: float | None
+    # 1 = next; None while it waits on a load of its model (then it needs no turn).
+    position: int | None
+    # Arrival order, to check FIFO.
+    seq: int
+    bypassed: int
+
+
+@dataclass(frozen=True)
+class GpuView:
+    uuid: str
+    index: int
+    name: str
+    total_mb: int | None
+    headroom_mb: int
+    state: GpuState
+    lost: bool
+    # Sum of the reservations of models placed here (loading, loaded or unloading).
+    reserved_mb: int
+    # Given back by unloads but not yet seen free by the probe.
+    pending_free_mb: int
+    foreign_mb: int
+    # What a new placement could use right now (min of live and accounted).
+    available_mb: int
+    live_free_mb: int | None
+    loading_model: str | None
+    models: tuple[str, ...]
+
+
+class SchedulerViews(SchedulerState):
+    """The read-only side of the scheduler: frozen snapshots, never the live records."""
+
+    @property
+    def profile(self) -> Profile:
+        return self._profile
+
+    @property
+    def now(self) -> float:
+        """The latest time the core has been given."""
+        return self._now
+
+    @property
+    def queue_limit(self) -> int:
+        return self._queue_limit
+
+    @property
+    def bypass_limit(self) -> int:
+        return self._tuning.bypass_limit
+
+    def model(self, model_id: str) -> ModelView | None:
+        rec = self._models.get(model_id)
+        return None if rec is None else self._model_view(rec)
+
+    def models(self) -> dict[str, ModelView]:
+        return {mid: self._model_view(r) for mid, r in self._models.items()}
+
+    def _model_view(self, r: ModelRecord) -> ModelView:
+        return ModelView(
+            model_id=r.model.id,
+            state=r.state,
+            gpu_uuids=r.gpu_uuids,
+            gpu_reservations_mb=tuple(r.shares.get(u, 0) for u in r.gpu_uuids),
+            reserved_mb=r.reserved_mb,
+            reservation_mb=r.reservation_mb,
+            measured_mb=r.measured_mb,
+            lease_count=len(r.leases),
+            waiters=tuple(r.waiters),
+            idle_since=r.idle_since if r.state is ModelState.LOADED and not r.leases else None,
+            grace_until=self._grace_due(r),
+            keep_warm=r.keep_warm,
+            load_seconds=r.load_seconds,
+            consecutive_failures=r.consecutive_failures,
+            backoff_until=r.backoff_until if r.backoff_until > self._now else None,
+            last_error=r.last_error,
+        )
+
+    def leases(self) -> list[LeaseView]:
+        return [self._lease_view(le) for le in self._leases.values()]
+
+    def lease(self, lease_id: str) -> LeaseView | None:
+        le = self._leases.get(lease_id)
+        return None if le is None else self._lease_view(le)
+
+    @staticmethod
+    def _lease_view(le: LeaseRecord) -> LeaseView:
+        return LeaseView(
+            lease_id=le.lease_id,
+            model_id=le.model_id,
+            client=le.client,
+            priority=le.priority,
+            exclusive=le.exclusive,
+            gpu_uuids=le.gpu_uuids,
+            granted_at=le.granted_at,
+            expires_at=le.expires_at,
+            ttl_s=le.ttl_s,
+        )
+
+    def queue(self) -> list[QueueEntry]:
+        """Every pending request: those with a turn first, in turn order, then those waiting
+        on a load, in arrival order."""
+        ordered = self._queue.ordered(self._now)
+        joined = [r for r in self._queue if r.joined]
+        return [
+            QueueEntry(
+                request_id=r.request_id,
+                model_id=r.model_id,
+                client=r.client,
+                priority=r.priority,
+                effective_priority=self._queue.effective_priority(r, self._now),
+                exclusive=r.exclusive,
+                arrived_at=r.arrived_at,
+                deadline=r.deadline,
+                position=None if r.joined else i + 1,
+                seq=r.seq,
+                bypassed=r.bypassed,
+            )
+            for i, r in enumerate([*ordered, *joined])
+        ]
+
+    def reserved_mb_by_gpu(self) -> dict[str, int]:
+        return {u: self._held_on(u) for u in self._gpus}
+
+    def gpus(self) -> list[GpuView]:
+        views = []
+        for u, g in self._gpus.items():
+            usable = not g.lost and g.total_mb is not None
+            loading = [
+                r.model.id
+                for r in self._models.values()
+                if r.state is ModelState.LOADING and u in r.gpu_uuids
+            ]
+            views.append(
+                GpuView(
+                    uuid=u,
+                    index=g.index,
+                    name=g.name,
+                    total_mb=g.total_mb,
+                    headroom_mb=self._profile.headroom_mb,
+                    state=g.state,
+                    lost=g.lost,
+                    reserved_mb=self._held_on(u),
+                    pending_free_mb=sum(p.mb for p in g.pending),
+                    foreign_mb=g.foreign_mb,
+                    available_mb=max(0, self._available_now(g)) if usable else 0,
+                    live_free_mb=g.free_mb,
+                    loading_model=loading[0] if loading else None,
+                    models=tuple(
+                        r.model.id
+                        for r in self._models.values()
+                        if r.holds_memory and u in r.gpu_uuids
+                    ),
+                )
+            )
+        return views

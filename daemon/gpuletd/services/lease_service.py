@@ -1,0 +1,144 @@
+"""LeaseService: Acquire / Renew / Release / ListLeases / Watch over the broker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from gpulet.v1 import leases_pb2 as pb
+from gpulet.v1 import leases_pb2_grpc
+from gpuletd.broker import Broker, LeaseEvent, LeaseFailed, LeaseInfo
+from gpuletd.scheduler.decisions import Loading, ModelStateChanged, Queued
+from gpuletd.services.convert import model_state_pb
+from gpuletd.services.errors import abort
+
+__all__ = ["LeaseService", "lease_pb"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_LEASE_KIND = {
+    "granted": pb.LEASE_EVENT_KIND_GRANTED,
+    "renewed": pb.LEASE_EVENT_KIND_RENEWED,
+    "released": pb.LEASE_EVENT_KIND_RELEASED,
+    "expired": pb.LEASE_EVENT_KIND_EXPIRED,
+    "backend_died": pb.LEASE_EVENT_KIND_BACKEND_DIED,
+    "cancelled": pb.LEASE_EVENT_KIND_RELEASED,
+}
+
+
+def _ts(wall: float) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromNanoseconds(int(wall * 1e9))
+    return t
+
+
+def lease_pb(x: LeaseInfo) -> pb.Lease:
+    return pb.Lease(
+        lease_id=x.lease_id,
+        token=x.token,
+        model_id=x.model_id,
+        gpu_uuids=list(x.gpu_uuids),
+        cuda_visible_devices=x.cuda_visible_devices,
+        endpoint=x.endpoint,
+        expires_at=_ts(x.expires_at),
+        granted_at=_ts(x.granted_at),
+        client_name=x.client,
+        exclusive=x.exclusive,
+    )
+
+
+async def _fail(context: Context, e: LeaseFailed) -> None:
+    meta = {"field": e.field} if e.field else {}
+    await abort(context, grpc.StatusCode[e.code], e.reason, e.message, **meta)
+
+
+class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    async def Acquire(
+        self, request: pb.AcquireRequest, context: Context
+    ) -> AsyncIterator[pb.AcquireResponse]:
+        remaining = context.time_remaining()
+        updates = self._broker.acquire(
+            model_id=request.model_id,
+            role=request.role,
+            client=request.client_name,
+            ttl_s=request.ttl_seconds,
+            priority=request.priority,
+            exclusive=request.exclusive,
+            # The call's own deadline bounds the wait in the queue.
+            timeout_s=remaining if remaining is not None and remaining < 1e9 else None,
+        )
+        try:
+            async for u in updates:
+                if isinstance(u, Queued):
+                    yield pb.AcquireResponse(
+                        queued=pb.Queued(
+                            position=u.position, queue_length=len(self._broker.queue())
+                        )
+                    )
+                elif isinstance(u, Loading):
+                    yield pb.AcquireResponse(
+                        loading=pb.Loading(model_id=u.model_id, gpu_uuids=list(u.gpu_uuids))
+                    )
+                else:
+                    yield pb.AcquireResponse(granted=lease_pb(u))
+        except LeaseFailed as e:
+            await _fail(context, e)
+        finally:
+            await updates.aclose()
+
+    async def Renew(self, request: pb.RenewRequest, context: Context) -> pb.RenewResponse:
+        try:
+            info = self._broker.renew(request.lease_id, request.token, request.ttl_seconds)
+        except LeaseFailed as e:
+            await _fail(context, e)
+        return pb.RenewResponse(lease=lease_pb(info))
+
+    async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:
+        try:
+            self._broker.release(request.lease_id, request.token)
+        except LeaseFailed as e:
+            await _fail(context, e)
+        return pb.ReleaseResponse()
+
+    async def ListLeases(
+        self, request: pb.ListLeasesRequest, context: Context
+    ) -> pb.ListLeasesResponse:
+        return pb.ListLeasesResponse(leases=[lease_pb(x) for x in self._broker.leases()])
+
+    async def Watch(
+        self, request: pb.WatchRequest, context: Context
+    ) -> AsyncIterator[pb.WatchResponse]:
+        events = self._broker.watch()
+        try:
+            async for ev in events:
+                now = timestamp_pb2.Timestamp()
+                now.GetCurrentTime()
+                if isinstance(ev, ModelStateChanged):
+                    yield pb.WatchResponse(
+                        time=now,
+                        model=pb.ModelEvent(
+                            model_id=ev.model_id,
+                            state=model_state_pb(ev.state),
+                            gpu_uuids=list(ev.gpu_uuids),
+                            reason=ev.message,
+                        ),
+                    )
+                elif isinstance(ev, LeaseEvent):
+                    yield pb.WatchResponse(
+                        time=now,
+                        lease=pb.LeaseEvent(
+                            kind=_LEASE_KIND.get(ev.kind, pb.LEASE_EVENT_KIND_UNSPECIFIED),
+                            lease=lease_pb(ev.lease),
+                            reason=ev.reason,
+                        ),
+                    )
+        except LeaseFailed as e:
+            await _fail(context, e)
+        finally:
+            await events.aclose()

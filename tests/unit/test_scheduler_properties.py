@@ -1,0 +1,469 @@
+"""Property tests of the scheduler core: random event sequences on every built-in profile.
+
+The state machine plays the daemon's shell: it answers StartBackend with load_succeeded /
+load_failed / backend_died and StopBackend with unload_finished some steps later, reports
+probe readings that follow the memory its simulated processes hold, and plays clients that
+request, renew, release and cancel. After every step `check_invariants` must be empty, and the
+decisions must respect what the shell can see:
+
+- no StartBackend for a model whose previous process is not gone;
+- no StopBackend (and no unloaded/failed state) for a model with a live lease;
+- a grant only on a model whose backend is healthy, on the GPUs it was started on;
+- no GPU ever holds more than it has (simulated processes included);
+- FIFO within a priority, as guaranteed: a request is never granted while an older request of
+  the same priority for the same model, which is not exclusive, still waits. (Across models,
+  order is bounded rather than strict: a later request may be served from a model already
+  loaded or loading, but at most `bypass_limit` times against a blocked head when that delays
+  it; the invariants check that bound. See docs/scheduling.md.)
+- a late or duplicate backend event changes nothing (returns no decision);
+- at the end, once clients let go and time passes, no request is left pending.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from gpuletd.probe.types import GpuSnapshot, GpuState, MigMode
+from gpuletd.profiles import BUILTIN_PROFILES, Profile
+from gpuletd.registry import Backend, Model
+from gpuletd.scheduler import (
+    Decision,
+    Granted,
+    LeaseEnded,
+    LeaseRefused,
+    Loading,
+    ModelState,
+    ModelStateChanged,
+    PreloadSkipped,
+    Queued,
+    RejectCode,
+    Rejected,
+    Renewed,
+    Scheduler,
+    StartBackend,
+    StopBackend,
+    Tuning,
+    check_invariants,
+)
+
+
+def _model(mid: str, mb: int, gpus: tuple[str, ...] = ()) -> Model:
+    return Model(
+        id=mid,
+        name=mid,
+        backend=Backend.RESERVATION,
+        quantization="fp8",
+        vram_estimate_mb=mb,
+        role_priority={"caption": 1},
+        gpus=gpus,
+    )
+
+
+REGISTRY = {
+    m.id: m
+    for m in (
+        _model("qwen3-vl", 10600),
+        _model("qwen25vl", 6400),
+        _model("florence-2-large", 3500),
+        _model("siglip", 2600),
+        _model("gpt-oss-20b", 13800),
+        _model("tiny-a", 800),
+        _model("tiny-b", 1200),
+        _model("mid-c", 5000),
+        _model("pinned-1", 3000, gpus=("1",)),
+    )
+}
+MODEL_IDS = sorted(REGISTRY)
+LINGER = st.sampled_from([0.0, 0.0, 0.5, 3.0])
+
+SETUPS: list[tuple[str, tuple[int, ...]]] = [
+    ("constrained_16gb", (16384,)),
+    ("balanced_24gb", (24576,)),
+    ("multi_gpu_2x16gb", (16384, 16384)),
+    ("generous_96gb", (98304,)),
+    ("development", ()),
+    ("development", (12288,)),
+]
+
+
+def snapshot(index: int, total: int, free: int, *, at: float, state: GpuState) -> GpuSnapshot:
+    return GpuSnapshot(
+        index=index,
+        uuid=f"GPU-{index}",
+        name="Simulated",
+        pci_bus_id=f"0000:0{index}:00.0",
+        total_mb=total,
+        free_mb=free,
+        used_mb=total - free,
+        reserved_mb=0,
+        compute_capability=(8, 9),
+        mig_mode=MigMode.DISABLED,
+        state=state,
+        read_at=at,
+    )
+
+
+@dataclass
+class Proc:
+    """A simulated backend process, as the shell sees it."""
+
+    kind: str  # starting | running | stopping
+    gpus: tuple[str, ...]
+    shares: tuple[int, ...]
+
+
+@dataclass
+class Pending:
+    model_id: str
+    priority: int
+    exclusive: bool
+    seq: int
+
+
+@dataclass
+class Ghost:
+    """Memory of a process that is gone but that the driver has not given back yet."""
+
+    gpus: tuple[str, ...]
+    shares: tuple[int, ...]
+    until: float
+
+
+@dataclass
+class Shell:
+    procs: dict[str, Proc] = field(default_factory=dict)
+    ghosts: list[Ghost] = field(default_factory=list)
+    pending: dict[str, Pending] = field(default_factory=dict)
+    leases: dict[str, str] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.n = 0
+        self.shell = Shell()
+        self.totals: tuple[int, ...] = ()
+        self.foreign = 0
+        self.profile: Profile = BUILTIN_PROFILES["development"]
+        self.sched: Scheduler
+
+    # -- setup -------------------------------------------------------------------------------
+
+    @initialize(
+        setup=st.sampled_from(SETUPS),
+        foreign=st.sampled_from([0, 0, 900]),
+        preload=st.lists(st.sampled_from(MODEL_IDS), max_size=3, unique=True),
+        queue_limit=st.sampled_from([4, 256]),
+        bypass_limit=st.sampled_from([0, 1, 3]),
+    )
+    def setup(
+        self,
+        setup: tuple[str, tuple[int, ...]],
+        foreign: int,
+        preload: list[str],
+        queue_limit: int,
+        bypass_limit: int,
+    ) -> None:
+        name, self.totals = setup
+        self.profile = BUILTIN_PROFILES[name]
+        self.foreign = foreign if self.totals else 0
+        gpus = [
+            snapshot(i, t, t - self.foreign, at=0.0, state=GpuState.OK)
+            for i, t in enumerate(self.totals)
+        ]
+        tuning = Tuning(bypass_limit=bypass_limit, aging_interval_s=20.0)
+        self.sched = Scheduler(
+            self.profile,
+            REGISTRY,
+            gpus,
+            queue_limit=queue_limit,
+            preload=preload,
+            tuning=tuning,
+        )
+        self.apply(self.sched.start(self.now))
+
+    # -- the shell's view of decisions -------------------------------------------------------
+
+    def apply(self, decisions: list[Decision]) -> None:
+        sh = self.shell
+        bad = sh.violations
+        for d in decisions:
+            if isinstance(d, StartBackend):
+                if d.model_id in sh.procs:
+                    bad.append(f"start {d.model_id} while its process is {sh.procs[d.model_id]}")
+                sh.procs[d.model_id] = Proc("starting", d.gpu_uuids, d.gpu_reservations_mb)
+            elif isinstance(d, StopBackend):
+                proc = sh.procs.get(d.model_id)
+                if proc is None or proc.kind == "stopping":
+                    bad.append(f"stop {d.model_id} whose process is {proc}")
+                held = [lid for lid, m in sh.leases.items() if m == d.model_id]
+                if held:
+                    bad.append(f"stop {d.model_id} while leased by {held}")
+                if proc is not None:
+                    proc.kind = "stopping"
+            elif isinstance(d, Granted):
+                p = sh.pending.pop(d.lease_id, None)
+                if p is None:
+                    bad.append(f"grant of unknown request {d.lease_id}")
+                    continue
+                proc = sh.procs.get(d.model_id)
+                if proc is None or proc.kind != "running" or proc.gpus != d.gpu_uuids:
+                    bad.append(f"grant {d.lease_id} on {d.model_id} whose process is {proc}")
+                for rid, older in sh.pending.items():
+                    if (
+                        older.model_id == p.model_id
+                        and older.priority == p.priority
+                        and older.seq < p.seq
+                        and not older.exclusive
+                    ):
+                        bad.append(f"{d.lease_id} granted before older {rid} (same model/prio)")
+                sh.leases[d.lease_id] = d.model_id
+            elif isinstance(d, Rejected):
+                if sh.pending.pop(d.request_id, None) is None:
+                    bad.append(f"rejection of {d.request_id}, which is not pending")
+            elif isinstance(d, LeaseRefused):
+                if d.code is RejectCode.NOT_FOUND and d.lease_id in sh.leases:
+                    bad.append(f"live lease {d.lease_id} reported not found")
+            elif isinstance(d, LeaseEnded):
+                if sh.leases.pop(d.lease_id, None) is None:
+                    bad.append(f"end of unknown lease {d.lease_id}")
+            elif isinstance(d, Renewed):
+                if d.lease_id not in sh.leases:
+                    bad.append(f"renewed unknown lease {d.lease_id}")
+            elif isinstance(d, (Queued, Loading)):
+                if d.request_id not in sh.pending:
+                    bad.append(f"{type(d).__name__} for request {d.request_id} not pending")
+            elif isinstance(d, ModelStateChanged):
+                if d.state in (ModelState.UNLOADED, ModelState.FAILED, ModelState.UNLOADING):
+                    held = [lid for lid, m in sh.leases.items() if m == d.model_id]
+                    if held:
+                        bad.append(f"{d.model_id} -> {d.state.value} while leased by {held}")
+            else:
+                assert isinstance(d, PreloadSkipped)
+
+    def new_id(self) -> str:
+        self.n += 1
+        return f"r{self.n}"
+
+    def memory_in_use(self) -> list[int]:
+        used = [self.foreign] * len(self.totals)
+        held: list[Proc | Ghost] = [*self.shell.procs.values()]
+        held += [g for g in self.shell.ghosts if g.until > self.now]
+        for p in held:
+            for u, mb in zip(p.gpus, p.shares, strict=True):
+                used[int(u.split("-")[1])] += mb
+        return used
+
+    def gone(self, mid: str, linger: float) -> None:
+        """The process exits; the driver frees its memory `linger` seconds later (well
+        within the core's 10 s settle bound, as real drivers do)."""
+        proc = self.shell.procs.pop(mid)
+        if linger > 0:
+            self.shell.ghosts.append(Ghost(proc.gpus, proc.shares, self.now + linger))
+
+    # -- clients -----------------------------------------------------------------------------
+
+    @rule(
+        model=st.sampled_from([*MODEL_IDS, "no-such-model"]),
+        priority=st.integers(0, 2),
+        exclusive=st.sampled_from([False, False, False, True]),
+        ttl=st.sampled_from([5.0, 30.0, 120.0]),
+        deadline=st.sampled_from([None, None, 2.0, 30.0, 300.0]),
+    )
+    def request(
+        self, model: str, priority: int, exclusive: bool, ttl: float, deadline: float | None
+    ) -> None:
+        rid = self.new_id()
+        self.shell.pending[rid] = Pending(model, priority, exclusive, self.n)
+        out = self.sched.request(
+            rid,
+            model,
+            now=self.now,
+            client="prop",
+            priority=priority,
+            ttl_s=ttl,
+            exclusive=exclusive,
+            deadline=None if deadline is None else self.now + deadline,
+        )
+        self.apply(out)
+        if model == "no-such-model":
+            assert any(isinstance(d, Rejected) and d.code is RejectCode.NOT_FOUND for d in out)
+
+    @precondition(lambda self: bool(self.shell.leases))
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        lid = data.draw(st.sampled_from(sorted(self.shell.leases)))
+        self.apply(self.sched.release(lid, now=self.now))
+        assert lid not in self.shell.leases
+
+    @precondition(lambda self: bool(self.shell.leases))
+    @rule(data=st.data(), ttl=st.sampled_from([None, 10.0, 200.0]))
+    def renew(self, data: st.DataObject, ttl: float | None) -> None:
+        lid = data.draw(st.sampled_from(sorted(self.shell.leases)))
+        out = self.sched.renew(lid, now=self.now, ttl_s=ttl)
+        self.apply(out)
+        assert any(isinstance(d, Renewed) and d.lease_id == lid for d in out)
+
+    @rule(op=st.sampled_from(["renew", "release"]), which=st.sampled_from(["never", "ended"]))
+    def stale_lease_op(self, op: str, which: str) -> None:
+        """Renew/release of a lease that is gone (or never was) is refused with NOT_FOUND."""
+        lid = "never-granted" if which == "never" else "r1"
+        if lid in self.shell.leases:
+            return
+        if op == "renew":
+            out = self.sched.renew(lid, now=self.now)
+        else:
+            out = self.sched.release(lid, now=self.now)
+        self.apply(out)
+        assert any(
+            isinstance(d, LeaseRefused) and d.lease_id == lid and d.code is RejectCode.NOT_FOUND
+            for d in out
+        )
+
+    @precondition(lambda self: bool(self.shell.pending) or bool(self.shell.leases))
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        ids = sorted(self.shell.pending) + sorted(self.shell.leases)
+        self.apply(self.sched.cancel(data.draw(st.sampled_from(ids)), now=self.now))
+
+    # -- time ----------------------------------------------------------------------------------
+
+    @rule(dt=st.sampled_from([0.05, 0.5, 1.0, 3.0, 10.0, 30.0, 200.0]))
+    def advance(self, dt: float) -> None:
+        self.now += dt
+        self.apply(self.sched.tick(self.now))
+
+    @rule()
+    def wake(self) -> None:
+        """Sleep exactly until the core's next wakeup, as the shell does."""
+        due = self.sched.next_wakeup()
+        if due is not None:
+            assert due > self.now or self.sched.tick(self.now) == [], "wakeup that does nothing"
+            self.now = max(self.now, due)
+        out = self.sched.tick(self.now)
+        self.apply(out)
+        after = self.sched.next_wakeup()
+        assert after is None or after > self.now, f"next wakeup {after} not after {self.now}"
+
+    # -- the shell answering -------------------------------------------------------------------
+
+    def procs(self, kind: str) -> list[str]:
+        return sorted(m for m, p in self.shell.procs.items() if p.kind == kind)
+
+    @precondition(lambda self: bool(self.procs("starting")))
+    @rule(
+        data=st.data(),
+        outcome=st.sampled_from(["ok", "ok", "ok", "measured", "bigger", "fail", "died"]),
+        linger=LINGER,
+    )
+    def answer_start(self, data: st.DataObject, outcome: str, linger: float) -> None:
+        mid = data.draw(st.sampled_from(self.procs("starting")))
+        proc = self.shell.procs[mid]
+        if outcome in ("fail", "died"):
+            self.gone(mid, linger)
+            if outcome == "fail":
+                self.apply(self.sched.load_failed(mid, "exit status 1", now=self.now))
+            else:
+                self.apply(self.sched.backend_died(mid, "killed by signal 9", now=self.now))
+            return
+        measured = None
+        if outcome != "ok":
+            est = REGISTRY[mid].vram_estimate_mb
+            measured = est - 200 if outcome == "measured" else est + 900
+            n = len(proc.gpus)
+            if n:
+                proc.shares = tuple(math.ceil(measured / n) for _ in proc.gpus)
+        proc.kind = "running"
+        self.apply(self.sched.load_succeeded(mid, now=self.now, measured_mb=measured))
+
+    @precondition(lambda self: bool(self.procs("stopping")))
+    @rule(data=st.data(), linger=LINGER)
+    def answer_stop(self, data: st.DataObject, linger: float) -> None:
+        mid = data.draw(st.sampled_from(self.procs("stopping")))
+        self.gone(mid, linger)
+        self.apply(self.sched.unload_finished(mid, now=self.now))
+
+    @precondition(lambda self: bool(self.procs("running")))
+    @rule(data=st.data(), linger=LINGER)
+    def crash(self, data: st.DataObject, linger: float) -> None:
+        mid = data.draw(st.sampled_from(self.procs("running")))
+        self.gone(mid, linger)
+        self.apply(self.sched.backend_died(mid, "segfault", now=self.now))
+
+    @rule(model=st.sampled_from(MODEL_IDS), event=st.sampled_from(["ok", "fail", "died", "unl"]))
+    def late_event(self, model: str, event: str) -> None:
+        """An event the shell has no business sending now must change nothing."""
+        proc = self.shell.procs.get(model)
+        if event in ("ok", "fail") and (proc is None or proc.kind != "starting"):
+            out = (
+                self.sched.load_succeeded(model, now=self.now, measured_mb=1)
+                if event == "ok"
+                else self.sched.load_failed(model, "late", now=self.now)
+            )
+        elif event == "died" and proc is None:
+            out = self.sched.backend_died(model, "late", now=self.now)
+        elif event == "unl" and (proc is None or proc.kind != "stopping"):
+            out = self.sched.unload_finished(model, now=self.now)
+        else:
+            return
+        assert out == [], f"late {event} for {model} produced {out}"
+
+    @rule(state=st.sampled_from([GpuState.OK, GpuState.OK, GpuState.OK, GpuState.STALE]))
+    def probe(self, state: GpuState) -> None:
+        used = self.memory_in_use()
+        readings = [
+            snapshot(i, t, max(0, t - used[i]), at=self.now, state=state)
+            for i, t in enumerate(self.totals)
+        ]
+        self.apply(self.sched.probe(readings, now=self.now))
+
+    # -- checks --------------------------------------------------------------------------------
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        if not hasattr(self, "sched"):
+            return
+        problems = check_invariants(self.sched) + self.shell.violations
+        for i, (total, used) in enumerate(zip(self.totals, self.memory_in_use(), strict=True)):
+            if used > total:
+                problems.append(f"GPU {i} over-committed: {used} MiB in use of {total}")
+        assert not problems, "\n".join(problems)
+
+    def teardown(self) -> None:
+        if not hasattr(self, "sched"):
+            return
+        # Everyone lets go, the shell answers everything, time passes: nothing may be stuck.
+        for _ in range(200):
+            for lid in sorted(self.shell.leases):
+                self.apply(self.sched.release(lid, now=self.now))
+            for mid in self.procs("starting"):
+                self.shell.procs[mid].kind = "running"
+                self.apply(self.sched.load_succeeded(mid, now=self.now))
+            for mid in self.procs("stopping"):
+                del self.shell.procs[mid]
+                self.apply(self.sched.unload_finished(mid, now=self.now))
+            self.probe(GpuState.OK)
+            self.now += 20.0
+            self.apply(self.sched.tick(self.now))
+            problems = check_invariants(self.sched) + self.shell.violations
+            assert not problems, "\n".join(problems)
+            if not (self.shell.pending or self.shell.leases or self.procs("starting")):
+                break
+        assert not self.shell.pending, f"requests never granted or refused: {self.shell.pending}"
+        assert not self.sched.queue()
+
+
+SchedulerMachine.TestCase.settings = settings(
+    max_examples=200,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestSchedulerProperties = SchedulerMachine.TestCase
