@@ -53,12 +53,16 @@ def acquire_request(
     return req
 
 
-def _progress(r: leases_pb2.AcquireResponse) -> Progress | None:
+def _step(r: leases_pb2.AcquireResponse, on_progress: ProgressCallback | None) -> Lease | None:
+    """One message of an Acquire stream: the lease once granted, else progress reported."""
     which = r.WhichOneof("state")
-    if which == "queued":
-        return Progress("queued", r.queued.position, r.queued.queue_length)
-    if which == "loading":
-        return Progress("loading", model_id=r.loading.model_id)
+    if which == "granted":
+        return lease_from_pb(r.granted)
+    if on_progress is not None:
+        if which == "queued":
+            on_progress(Progress("queued", r.queued.position, r.queued.queue_length))
+        elif which == "loading":
+            on_progress(Progress("loading", model_id=r.loading.model_id))
     return None
 
 
@@ -150,11 +154,8 @@ class Client:
         req = acquire_request(model_id, role, client_name, ttl, priority, exclusive)
         try:
             for r in self.leases.Acquire(req, timeout=timeout):
-                if r.WhichOneof("state") == "granted":
-                    return lease_from_pb(r.granted)
-                p = _progress(r)
-                if p is not None and on_progress is not None:
-                    on_progress(p)
+                if (lease := _step(r, on_progress)) is not None:
+                    return lease
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         raise DaemonUnavailable("gpuletd closed the Acquire stream without a grant")
@@ -284,11 +285,8 @@ class AsyncClient:
         req = acquire_request(model_id, role, client_name, ttl, priority, exclusive)
         try:
             async for r in self.leases.Acquire(req, timeout=timeout):
-                if r.WhichOneof("state") == "granted":
-                    return lease_from_pb(r.granted)
-                p = _progress(r)
-                if p is not None and on_progress is not None:
-                    on_progress(p)
+                if (lease := _step(r, on_progress)) is not None:
+                    return lease
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         raise DaemonUnavailable("gpuletd closed the Acquire stream without a grant")

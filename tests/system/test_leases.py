@@ -206,9 +206,16 @@ def test_never_healthy_backend_fails_and_leaves_nothing_behind(
             assert "sick" in e.value.message
             assert "health" in e.value.message.lower() or "timeout" in e.value.message.lower()
             pid = pid_of(piddir, "sick")
+            # The waiter is told at the timeout; the group is killed and only then is the
+            # reservation given back (its memory is in use until the process is gone).
             assert wait_until(lambda: not alive(pid), timeout=5)
-            gpu = c.gpu_status().gpus[0]
-            assert gpu.used_mb == 0 and not gpu.placed
+
+            def released() -> bool:
+                gpu = c.gpu_status().gpus[0]
+                return gpu.used_mb == 0 and not gpu.placed
+
+            assert wait_until(released, timeout=5)
+            assert {m.id: m for m in c.models().models}["sick"].lease_count == 0
     finally:
         d.stop()
 

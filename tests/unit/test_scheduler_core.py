@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import pytest
 
-from gpuletd.probe.types import GpuSnapshot, GpuState, MigMode
+from gpuletd.probe.types import GpuState
 from gpuletd.profiles import BUILTIN_PROFILES
 from gpuletd.registry import Backend, Model
 from gpuletd.scheduler import (
@@ -39,6 +39,7 @@ from gpuletd.scheduler import (
 from gpuletd.scheduler.eviction import Candidate, choose_victims
 from gpuletd.scheduler.placement import Need, best_fit
 from gpuletd.scheduler.views import ModelView
+from tests.fakes.snapshots import snapshot as snap
 
 D = TypeVar("D")
 
@@ -68,26 +69,6 @@ REG = {
         model("c", 6000),
     )
 }
-
-
-def snap(
-    index: int, total: int, free: int | None = None, *, at: float = 0.0, **kw: object
-) -> GpuSnapshot:
-    free = total if free is None else free
-    return GpuSnapshot(
-        index=index,
-        uuid=f"GPU-{index}",
-        name="Test GPU",
-        pci_bus_id=f"0000:0{index}:00.0",
-        total_mb=total,
-        free_mb=free,
-        used_mb=total - free,
-        reserved_mb=0,
-        compute_capability=(8, 9),
-        mig_mode=MigMode.DISABLED,
-        read_at=at,
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 def make(

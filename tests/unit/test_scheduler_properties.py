@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from gpuletd.probe.types import GpuSnapshot, GpuState, MigMode
+from gpuletd.probe.types import GpuState
 from gpuletd.profiles import BUILTIN_PROFILES, Profile
 from gpuletd.registry import Backend, Model
 from gpuletd.scheduler import (
@@ -50,6 +50,7 @@ from gpuletd.scheduler import (
     Tuning,
     check_invariants,
 )
+from tests.fakes.snapshots import snapshot
 
 
 def _model(mid: str, mb: int, gpus: tuple[str, ...] = ()) -> Model:
@@ -89,23 +90,6 @@ SETUPS: list[tuple[str, tuple[int, ...]]] = [
     ("development", ()),
     ("development", (12288,)),
 ]
-
-
-def snapshot(index: int, total: int, free: int, *, at: float, state: GpuState) -> GpuSnapshot:
-    return GpuSnapshot(
-        index=index,
-        uuid=f"GPU-{index}",
-        name="Simulated",
-        pci_bus_id=f"0000:0{index}:00.0",
-        total_mb=total,
-        free_mb=free,
-        used_mb=total - free,
-        reserved_mb=0,
-        compute_capability=(8, 9),
-        mig_mode=MigMode.DISABLED,
-        state=state,
-        read_at=at,
-    )
 
 
 @dataclass

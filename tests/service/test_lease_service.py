@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from gpulet.v1 import leases_pb2 as pb
+from gpulet.v1 import leases_pb2_grpc, types_pb2
+
+
+def stub(channel: grpc.aio.Channel) -> leases_pb2_grpc.LeaseServiceStub:
+    return leases_pb2_grpc.LeaseServiceStub(channel)
+
+
+def field_of(e: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(e)  # type: ignore[arg-type]
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    status.details[0].Unpack(info)
+    return info.metadata.get("field", "")
+
+
+async def acquire(channel: grpc.aio.Channel, **kw: object) -> list[pb.AcquireResponse]:
+    return [r async for r in stub(channel).Acquire(pb.AcquireRequest(**kw))]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "field"),
+    [
+        ({}, grpc.StatusCode.INVALID_ARGUMENT, "model_id"),
+        (
+            {"model_id": "qwen3-vl", "ttl_seconds": -1},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ttl_seconds",
+        ),
+        ({"role": "poetry"}, grpc.StatusCode.INVALID_ARGUMENT, "role"),
+        ({"model_id": "ghost"}, grpc.StatusCode.NOT_FOUND, "model_id"),
+    ],
+)
+async def test_bad_acquire_gets_the_right_code_naming_the_field(
+    channel: grpc.aio.Channel, request_: dict[str, object], code: grpc.StatusCode, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await acquire(channel, **request_)
+    assert e.value.code() == code
+    assert field_of(e.value) == field
+    # Nothing was granted or queued by a bad request.
+    assert not (await stub(channel).ListLeases(pb.ListLeasesRequest())).leases
+
+
+async def test_granted_lease_renew_release_and_token_checks(channel: grpc.aio.Channel) -> None:
+    stream = await acquire(channel, model_id="florence-2-large", ttl_seconds=30)
+    # A cold model: loading first, then the grant.
+    assert [r.WhichOneof("state") for r in stream] == ["loading", "granted"]
+    lease = stream[-1].granted
+    assert lease.lease_id.startswith("l-") and lease.token
+    assert lease.cuda_visible_devices == ",".join(lease.gpu_uuids)
+    s = stub(channel)
+    listed = (await s.ListLeases(pb.ListLeasesRequest())).leases
+    assert [x.lease_id for x in listed] == [lease.lease_id] and listed[0].token == ""
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await s.Renew(pb.RenewRequest(lease_id=lease.lease_id, token="wrong"))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await s.Release(pb.ReleaseRequest(lease_id="../etc", token=lease.token))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field_of(e.value) == "lease_id"
+    renewed = (
+        await s.Renew(pb.RenewRequest(lease_id=lease.lease_id, token=lease.token, ttl_seconds=120))
+    ).lease
+    assert renewed.expires_at.ToSeconds() > lease.expires_at.ToSeconds()
+    await s.Release(pb.ReleaseRequest(lease_id=lease.lease_id, token=lease.token))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await s.Release(pb.ReleaseRequest(lease_id=lease.lease_id, token=lease.token))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "released" in (e.value.details() or "")
+
+
+async def test_waiting_request_streams_position_and_leaves_the_queue_when_cancelled(
+    channel: grpc.aio.Channel,
+) -> None:
+    s = stub(channel)
+    first = (await acquire(channel, model_id="qwen3-vl"))[-1]  # constrained_16gb: one model
+    second = s.Acquire(pb.AcquireRequest(model_id="qwen25vl"))
+    r = await second.read()
+    assert r.WhichOneof("state") == "queued" and r.queued.position == 1
+    third = s.Acquire(pb.AcquireRequest(model_id="florence-2-large"))
+    r3 = await third.read()
+    assert r3.queued.position == 2
+    second.cancel()
+    # The third moves up once the second is gone.
+    r3 = await asyncio.wait_for(third.read(), 5)
+    assert r3.WhichOneof("state") == "queued" and r3.queued.position == 1
+    await s.Release(pb.ReleaseRequest(lease_id=first.granted.lease_id, token=first.granted.token))
+    states = []
+    while not states or states[-1] != "granted":
+        states.append((await asyncio.wait_for(third.read(), 5)).WhichOneof("state"))
+    assert states == ["loading", "granted"]
+
+
+async def test_deadline_in_the_queue_is_deadline_exceeded(channel: grpc.aio.Channel) -> None:
+    await acquire(channel, model_id="qwen3-vl")
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        async for _ in stub(channel).Acquire(pb.AcquireRequest(model_id="qwen25vl"), timeout=0.5):
+            pass
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_watch_sees_model_and_lease_changes(channel: grpc.aio.Channel) -> None:
+    watch = stub(channel).Watch(pb.WatchRequest())
+    await asyncio.sleep(0.1)  # subscribed before the change
+    granted = (await acquire(channel, model_id="siglip-large-patch16-384"))[-1]
+    seen: list[tuple[str, int]] = []
+    while ("lease", pb.LEASE_EVENT_KIND_GRANTED) not in seen:
+        ev = await asyncio.wait_for(watch.read(), 5)
+        kind = ev.WhichOneof("event")
+        seen.append((kind, ev.model.state if kind == "model" else ev.lease.kind))
+        if kind == "lease":
+            assert ev.lease.lease.token == ""  # never leaked to watchers
+    assert ("model", types_pb2.MODEL_STATE_LOADED) in seen
+    watch.cancel()
+    assert granted.granted.model_id == "siglip-large-patch16-384"
