@@ -23,6 +23,7 @@ import structlog
 
 from gpuletd.backends import BackendError, ExitStatus, ProcessBackend, RunningBackend
 from gpuletd.probe.simulated import SimulatedProbe
+from gpuletd.probe.types import GpuProcess
 from gpuletd.registry import Backend
 from gpuletd.runtime import Runtime
 from gpuletd.scheduler import Scheduler
@@ -529,4 +530,10 @@ class Broker:
         if isinstance(probe, SimulatedProbe):
             # Simulated GPUs report what is placed on them as used, so that admission, the
             # wait for freed memory and measured footprints all run without a GPU.
-            probe.set_used(self._core.reserved_mb_by_gpu())
+            procs: dict[str, list[GpuProcess]] = {}
+            views = self._core.models()
+            for mid, rb in self._running.items():
+                v = views.get(mid)
+                for uuid, mb in zip(v.gpu_uuids, v.gpu_reservations_mb, strict=False) if v else ():
+                    procs.setdefault(uuid, []).append(GpuProcess(rb.pid, mb))
+            probe.set_used(self._core.reserved_mb_by_gpu(), {u: tuple(p) for u, p in procs.items()})

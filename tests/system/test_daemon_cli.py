@@ -220,3 +220,14 @@ def test_sigterm_shuts_down_cleanly_and_notifies_systemd() -> None:
     assert not d.socket.exists()
     out = d.output()
     assert '"event": "serving"' in out and '"event": "stopped"' in out  # JSON lines off a tty
+
+
+def test_tcp_only_when_asked() -> None:
+    from gpuletd.backends import pick_free_port
+
+    port = pick_free_port()
+    with Daemon("--listen", f"127.0.0.1:{port}", env={"GPULET_SIMULATED_GPUS": "16384"}) as d:
+        r = run_cli("profile", "show", "--json", address=f"127.0.0.1:{port}")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["name"] == "constrained_16gb"
+        assert '"tcp": "127.0.0.1:' in d.output()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from gpuletd.probe.simulated import SimulatedGpu, SimulatedProbe, parse_simulated_gpus
+from gpuletd.probe.types import GpuProcess
 
 
 def test_sizes_with_optional_names() -> None:
@@ -34,9 +35,11 @@ def test_free_memory_follows_what_the_daemon_placed() -> None:
     first = probe.open()
     assert [g.free_mb for g in first] == [16384, 16384]
     assert len({g.uuid for g in first}) == 2
-    probe.set_used({first[1].uuid: 6400})
+    probe.set_used({first[1].uuid: 6400}, {first[1].uuid: (GpuProcess(4242, 6400),)})
     again = probe.read()
     assert [g.free_mb for g in again] == [16384, 16384 - 6400]
+    assert probe.processes(first[1].uuid) == (GpuProcess(4242, 6400),)
+    assert probe.processes(first[0].uuid) == ()
     assert [g.uuid for g in again] == [g.uuid for g in first]  # stable identity
 
 

@@ -64,6 +64,7 @@ class SimulatedProbe:
         self._clock = clock
         self._uuids = [_uuid_for(i, g) for i, g in enumerate(gpus)]
         self._used: dict[str, int] = {}
+        self._procs: dict[str, tuple[GpuProcess, ...]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -74,10 +75,16 @@ class SimulatedProbe:
     def uuids(self) -> list[str]:
         return list(self._uuids)
 
-    def set_used(self, used_by_uuid: Mapping[str, int]) -> None:
-        """Report memory in use per GPU (the daemon passes its placed reservations)."""
+    def set_used(
+        self,
+        used_by_uuid: Mapping[str, int],
+        processes: Mapping[str, tuple[GpuProcess, ...]] | None = None,
+    ) -> None:
+        """Report memory in use per GPU (the daemon passes its placed reservations) and, per
+        GPU, the processes holding it (its backends), as NVML would list them."""
         with self._lock:
             self._used = dict(used_by_uuid)
+            self._procs = dict(processes or {})
 
     def open(self) -> list[GpuSnapshot]:
         if not self._gpus:
@@ -109,7 +116,8 @@ class SimulatedProbe:
         return out
 
     def processes(self, uuid: str) -> tuple[GpuProcess, ...]:
-        return ()
+        with self._lock:
+            return self._procs.get(uuid, ())
 
     def close(self) -> None:
         pass
