@@ -35,14 +35,17 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 class Daemon:
     """gpuletd as a subprocess on a socket in its own temporary directory."""
 
-    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: Mapping[str, str] | None = None, socket: Path | None = None
+    ) -> None:
         self.dir = short_tmpdir()
-        self.socket = self.dir / "run" / "gpulet.sock"
+        self.socket = socket or self.dir / "run" / "gpulet.sock"
         self.address = f"unix://{self.socket}"
         self.args = args
         self.env = clean_env(env)
         self.proc: subprocess.Popen[str] | None = None
         self.log = self.dir / "gpuletd.log"
+        self._final_output: str | None = None
 
     def start(self, timeout: float = 20.0) -> Daemon:
         self._log_file = self.log.open("w")
@@ -64,6 +67,8 @@ class Daemon:
         raise RuntimeError(f"gpuletd did not become ready:\n{self.output()}")
 
     def output(self) -> str:
+        if self._final_output is not None:
+            return self._final_output
         return self.log.read_text() if self.log.exists() else ""
 
     def cli(
@@ -86,6 +91,9 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         self._log_file.close()
+        # Keep what it said, then leave nothing behind in /tmp.
+        self._final_output = self.output()
+        shutil.rmtree(self.dir, ignore_errors=True)
         return self.proc.returncode
 
     def __enter__(self) -> Daemon:

@@ -153,9 +153,13 @@ class Client:
         """Wait (queued, then loading) until the lease is granted; `timeout` bounds the wait."""
         req = acquire_request(model_id, role, client_name, ttl, priority, exclusive)
         try:
+            lease = None
+            # Read to the end of the stream (the daemon ends it right after the grant):
+            # closing it early would tell the daemon the grant never arrived.
             for r in self.leases.Acquire(req, timeout=timeout):
-                if (lease := _step(r, on_progress)) is not None:
-                    return lease
+                lease = _step(r, on_progress) or lease
+            if lease is not None:
+                return lease
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         raise DaemonUnavailable("gpuletd closed the Acquire stream without a grant")
@@ -267,6 +271,30 @@ class AsyncClient:
             selector_pb2.ExplainSelectionRequest(role=role, model_id=model_id),
         )
 
+    async def list_profiles(self) -> profiles_pb2.ListProfilesResponse:
+        return await self.call(self.profiles.ListProfiles, profiles_pb2.ListProfilesRequest())
+
+    async def get_profile(self, name: str) -> profiles_pb2.GetProfileResponse:
+        return await self.call(self.profiles.GetProfile, profiles_pb2.GetProfileRequest(name=name))
+
+    async def gpu_status(
+        self, *, include_processes: bool = False
+    ) -> profiles_pb2.GetGpuStatusResponse:
+        return await self.call(
+            self.profiles.GetGpuStatus,
+            profiles_pb2.GetGpuStatusRequest(include_processes=include_processes),
+        )
+
+    async def roles(self) -> selector_pb2.ListRolesResponse:
+        return await self.call(self.selector.ListRoles, selector_pb2.ListRolesRequest())
+
+    async def watch(self) -> AsyncIterator[leases_pb2.WatchResponse]:
+        try:
+            async for r in self.leases.Watch(leases_pb2.WatchRequest(), timeout=None):
+                yield r
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
     async def models(self) -> selector_pb2.ListModelsResponse:
         return await self.call(self.selector.ListModels, selector_pb2.ListModelsRequest())
 
@@ -284,9 +312,11 @@ class AsyncClient:
     ) -> Lease:
         req = acquire_request(model_id, role, client_name, ttl, priority, exclusive)
         try:
+            lease = None
             async for r in self.leases.Acquire(req, timeout=timeout):
-                if (lease := _step(r, on_progress)) is not None:
-                    return lease
+                lease = _step(r, on_progress) or lease
+            if lease is not None:
+                return lease
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         raise DaemonUnavailable("gpuletd closed the Acquire stream without a grant")
@@ -337,8 +367,9 @@ class AsyncClient:
             yield lease
         finally:
             renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            # wait() (unlike awaiting the task) does not raise the renewer's cancellation,
+            # so a cancellation of this task itself still propagates.
+            await asyncio.wait([renewer])
             if not lease.lost.is_set():
                 with contextlib.suppress(GpuletError):
                     await self.release(lease.lease_id, lease.token)

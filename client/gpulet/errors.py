@@ -111,6 +111,7 @@ _BY_CODE: dict[grpc.StatusCode, type[GpuletError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: BackendFailed,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
+_BUG_CODES = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
 
 
 def from_rpc_error(e: grpc.RpcError) -> GpuletError:
@@ -127,7 +128,9 @@ def from_rpc_error(e: grpc.RpcError) -> GpuletError:
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
                 reason, metadata = info.reason, dict(info.metadata)
-    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, InternalError)
-    if code is grpc.StatusCode.UNAVAILABLE:
+    # UNKNOWN / INTERNAL are bugs in gpuletd; other codes (CANCELLED, ABORTED, ...) are not.
+    fallback = InternalError if code in _BUG_CODES else GpuletError
+    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, fallback)
+    if code is grpc.StatusCode.UNAVAILABLE and not reason:
         message = f"gpuletd is not reachable: {message}"
     return cls(message, code=code, reason=reason, metadata=metadata)

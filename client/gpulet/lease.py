@@ -13,6 +13,8 @@ from gpulet.v1 import leases_pb2
 
 __all__ = ["Lease", "Progress", "lease_from_pb", "renew_interval"]
 
+DAEMON_DEFAULT_TTL = 60.0
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -80,8 +82,9 @@ def lease_from_pb(m: leases_pb2.Lease) -> Lease:
 
 
 def renew_interval(ttl: float) -> float:
-    # A third of the TTL leaves two more tries before expiry if one renewal is lost.
-    return max(0.2, ttl / 3)
+    # A third of the TTL leaves two more tries before expiry if one renewal is lost. TTL 0
+    # means the daemon's default (60 s).
+    return max(0.2, (ttl or DAEMON_DEFAULT_TTL) / 3)
 
 
 def renew_in_thread(

@@ -49,6 +49,7 @@ def resolve_active_profile(
     config: str | None = None,
     config_where: str = "config",
     overrides: Sequence[str] = (),
+    no_probe_reason: str | None = None,
 ) -> ActiveProfile:
     """`gpus` is None when there is no probe at all (no NVML): auto-detection cannot run."""
     known = ", ".join(sorted(profiles))
@@ -67,7 +68,7 @@ def resolve_active_profile(
             break
     if choice is None:
         if gpus is None:
-            choice = (FALLBACK_PROFILE, ProfileSource.DEFAULT, "no GPU probe available")
+            choice = (FALLBACK_PROFILE, ProfileSource.DEFAULT, no_probe_reason or "no GPU probe")
         else:
             d = detect_profile(totals)
             choice = (d.profile, ProfileSource.AUTO, d.reason)

@@ -11,19 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import math
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from gpuletd.backends import BackendError, ExitStatus, ProcessBackend, RunningBackend
+from gpuletd.backends import ExitStatus, ProcessBackend, RunningBackend
 from gpuletd.probe.simulated import SimulatedProbe
-from gpuletd.probe.types import GpuProcess
+from gpuletd.probe.types import GpuProcess, GpuSnapshot
 from gpuletd.registry import Backend
 from gpuletd.runtime import Runtime
 from gpuletd.scheduler import Scheduler
@@ -46,14 +47,18 @@ from gpuletd.scheduler.decisions import (
 )
 from gpuletd.scheduler.invariants import check_invariants
 from gpuletd.scheduler.views import LeaseView, ModelView, QueueEntry
-from gpuletd.selector import InvalidTopN, UnknownRole, select
+from gpuletd.selector import UnknownRole, select
+from gpuletd.watch_hub import WatchClosed, WatchHub, WatchOverflow
 
 __all__ = ["Broker", "LeaseEvent", "LeaseFailed", "LeaseInfo", "WatchEvent"]
 
 log = structlog.get_logger(__name__)
 
 LEASE_ID = re.compile(r"^l-[0-9a-f]{16}$")
-WATCH_BUFFER = 1024
+# A lease longer than a day is a mistake (or an attempt to pin a model for good).
+MAX_TTL_S = 86400.0
+# Aging gains one level per interval: an unbounded priority would starve everyone else.
+PRIORITY_RANGE = range(-1000, 1001)
 
 
 class LeaseFailed(Exception):
@@ -95,6 +100,16 @@ WatchEvent = ModelStateChanged | LeaseEvent
 AcquireUpdate = Queued | Loading | LeaseInfo
 
 
+def _check_ttl(ttl_s: float) -> None:
+    if not (math.isfinite(ttl_s) and 0 <= ttl_s <= MAX_TTL_S):
+        raise LeaseFailed(
+            "INVALID_ARGUMENT",
+            "INVALID_TTL",
+            f"ttl_seconds: must be between 0 (the default) and {MAX_TTL_S:g} s, got {ttl_s}",
+            "ttl_seconds",
+        )
+
+
 class Broker:
     def __init__(
         self,
@@ -117,14 +132,16 @@ class Broker:
         self._core = Scheduler(
             runtime.profile, runtime.registry.models, runtime.gpus, preload=runtime.config.preload
         )
-        self._waiters: dict[str, asyncio.Queue[Decision]] = {}
+        self._waiters: dict[str, asyncio.Queue[Decision | None]] = {}
         self._tokens: dict[str, str] = {}
         self._starting: dict[str, asyncio.Task[None]] = {}
+        self._stopping: dict[str, asyncio.Task[None]] = {}
         self._running: dict[str, RunningBackend] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._watchers: set[asyncio.Queue[WatchEvent | None]] = set()
+        self._hub: WatchHub[WatchEvent] = WatchHub()
         self._kick = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
+        self._closing = False
         runtime.poller.subscribe(self._on_probe)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -133,15 +150,24 @@ class Broker:
         self._apply(self._core.start(self._clock()))
         self._timer = asyncio.create_task(self._run_timer(), name="scheduler-timer")
 
+    def drain(self) -> None:
+        """Shutting down: refuse new requests, end waiting ones with UNAVAILABLE, start no
+        backend. Leases already granted stay until close() stops their backends."""
+        self._closing = True
+        for q in self._waiters.values():
+            q.put_nowait(None)
+
     async def close(self) -> None:
-        """Stop every backend (nothing left running) and end Watch streams."""
+        """Stop every backend, including those starting or stopping: nothing is left running."""
+        self.drain()
         if self._timer is not None:
             self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
-        for task in list(self._starting.values()):
-            task.cancel()
-        await asyncio.gather(*self._starting.values(), return_exceptions=True)
+            await asyncio.gather(self._timer, return_exceptions=True)
+        for task in self._starting.values():
+            task.cancel()  # a cancelled start kills its process group
+        await asyncio.gather(
+            *self._starting.values(), *self._stopping.values(), return_exceptions=True
+        )
         running = list(self._running.values())
         self._running.clear()
         await asyncio.gather(
@@ -150,8 +176,7 @@ class Broker:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for q in self._watchers:
-            q.put_nowait(None)
+        self._hub.close()
 
     # -- the API the servicers call ---------------------------------------------------------
 
@@ -167,14 +192,19 @@ class Broker:
         timeout_s: float | None = None,
     ) -> AsyncGenerator[AcquireUpdate, None]:
         """Yields Queued / Loading updates, then the granted LeaseInfo (with its token), or
-        raises LeaseFailed. Closing the iterator before the grant cancels the request."""
-        if ttl_s < 0:
+        raises LeaseFailed. Closed before the grant was taken, the request is cancelled; closed
+        at the grant itself (the client went away), the lease is ended at once."""
+        _check_ttl(ttl_s)
+        if priority not in PRIORITY_RANGE:
             raise LeaseFailed(
                 "INVALID_ARGUMENT",
-                "INVALID_TTL",
-                f"ttl_seconds: must be >= 0 (0 means the default), got {ttl_s}",
-                "ttl_seconds",
+                "INVALID_PRIORITY",
+                f"priority: must be between {PRIORITY_RANGE.start} and "
+                f"{PRIORITY_RANGE.stop - 1}, got {priority}",
+                "priority",
             )
+        if self._closing:
+            raise LeaseFailed("UNAVAILABLE", "SHUTTING_DOWN", "gpuletd is shutting down")
         if role:
             model_id = self._pick_for_role(role)
         elif not model_id:
@@ -186,11 +216,11 @@ class Broker:
             )
         rid = f"l-{secrets.token_hex(8)}"
         token = secrets.token_urlsafe(24)
-        queue: asyncio.Queue[Decision] = asyncio.Queue()
+        queue: asyncio.Queue[Decision | None] = asyncio.Queue()
         self._waiters[rid] = queue
         self._tokens[rid] = token
         now = self._clock()
-        granted = False
+        delivered = False
         try:
             self._apply(
                 self._core.request(
@@ -206,6 +236,8 @@ class Broker:
             )
             while True:
                 d = await queue.get()
+                if d is None:
+                    raise LeaseFailed("UNAVAILABLE", "SHUTTING_DOWN", "gpuletd is shutting down")
                 if isinstance(d, Rejected):
                     raise LeaseFailed(
                         d.code,
@@ -214,41 +246,44 @@ class Broker:
                         "model_id" if d.reason.value == "UNKNOWN_MODEL" else "",
                     )
                 if isinstance(d, Granted):
-                    granted = True
                     view = self._core.lease(rid)
-                    assert view is not None
+                    if view is None:  # ended between the grant and now (its backend died)
+                        mv = self._core.model(model_id)
+                        raise LeaseFailed(
+                            "FAILED_PRECONDITION",
+                            "BACKEND_FAILED",
+                            f"the lease on {model_id} ended as it was granted: "
+                            f"{(mv.last_error if mv else '') or 'ended'}",
+                        )
                     yield self._lease_info(view, token=token)
+                    delivered = True
                     return
                 if isinstance(d, Queued | Loading):
                     yield d
         finally:
             self._waiters.pop(rid, None)
-            if not granted:
+            if not delivered:
                 self._tokens.pop(rid, None)
-                # The client went away (or its deadline passed) before the grant.
+                # Pending: leaves the queue. Granted but never handed over: the lease ends
+                # now rather than pinning its model until the TTL runs out.
                 self._apply(self._core.cancel(rid, now=self._clock()))
 
     def renew(self, lease_id: str, token: str, ttl_s: float = 0.0) -> LeaseInfo:
         self._check_lease_access(lease_id, token)
-        if ttl_s < 0:
-            raise LeaseFailed(
-                "INVALID_ARGUMENT",
-                "INVALID_TTL",
-                f"ttl_seconds: must be >= 0, got {ttl_s}",
-                "ttl_seconds",
-            )
+        _check_ttl(ttl_s)
         out = self._core.renew(lease_id, now=self._clock(), ttl_s=ttl_s or None)
         self._apply(out)
-        self._raise_if_rejected(out, lease_id)
+        self._raise_if_refused(out, lease_id)
         view = self._core.lease(lease_id)
-        assert view is not None
+        if view is None:  # pragma: no cover - a Renewed lease exists by construction
+            raise LeaseFailed("NOT_FOUND", "LEASE_ENDED", f"lease_id: {lease_id} has ended")
         return self._lease_info(view)
 
     def release(self, lease_id: str, token: str) -> None:
         self._check_lease_access(lease_id, token)
         out = self._core.release(lease_id, now=self._clock())
         self._apply(out)
-        self._raise_if_rejected(out, lease_id)
+        self._raise_if_refused(out, lease_id)
 
     def leases(self) -> list[LeaseInfo]:
         return [self._lease_info(v) for v in self._core.leases()]
@@ -277,19 +312,17 @@ class Broker:
         return (m.endpoint or "") if m is not None else ""
 
     async def watch(self) -> AsyncGenerator[WatchEvent, None]:
-        q: asyncio.Queue[WatchEvent | None] = asyncio.Queue(WATCH_BUFFER)
-        self._watchers.add(q)
         try:
-            while (ev := await q.get()) is not None:
+            async for ev in self._hub.subscribe():
                 yield ev
-        finally:
-            self._watchers.discard(q)
-        raise LeaseFailed(
-            "RESOURCE_EXHAUSTED",
-            "WATCH_OVERFLOW",
-            f"watch stream fell more than {WATCH_BUFFER} events behind; "
-            "reconnect and re-read the state",
-        )
+        except WatchOverflow as e:
+            raise LeaseFailed(
+                "RESOURCE_EXHAUSTED",
+                "WATCH_OVERFLOW",
+                f"watch stream {e}; reconnect and re-read the state",
+            ) from None
+        except WatchClosed as e:
+            raise LeaseFailed("UNAVAILABLE", "SHUTTING_DOWN", str(e)) from None
 
     # -- helpers for the API ------------------------------------------------------------------
 
@@ -303,8 +336,6 @@ class Broker:
             best = select(self._rt.registry, self._rt.profile, role, 1, loaded=loaded)
         except UnknownRole as e:
             raise LeaseFailed("INVALID_ARGUMENT", "UNKNOWN_ROLE", f"role: {e}", "role") from None
-        except InvalidTopN as e:  # pragma: no cover - top_n is fixed at 1 here
-            raise LeaseFailed("INVALID_ARGUMENT", "INVALID_ARGUMENT", str(e)) from None
         if not best:
             raise LeaseFailed(
                 "RESOURCE_EXHAUSTED",
@@ -334,7 +365,7 @@ class Broker:
             )
 
     @staticmethod
-    def _raise_if_rejected(out: list[Decision], lease_id: str) -> None:
+    def _raise_if_refused(out: list[Decision], lease_id: str) -> None:
         for d in out:
             if isinstance(d, LeaseRefused) and d.lease_id == lease_id:
                 raise LeaseFailed(d.code, d.reason.value, f"lease_id: {d.message}", "lease_id")
@@ -355,7 +386,7 @@ class Broker:
 
     # -- carrying out decisions -----------------------------------------------------------------
 
-    def _apply(self, decisions: list[Decision]) -> None:
+    def _apply(self, decisions: Sequence[Decision]) -> None:
         for d in decisions:
             if isinstance(d, Queued | Loading | Rejected):
                 if (q := self._waiters.get(d.request_id)) is not None:
@@ -371,12 +402,13 @@ class Broker:
                 self._tokens.pop(d.lease_id, None)
                 self._lease_ended(d)
             elif isinstance(d, StartBackend):
-                self._starting[d.model_id] = self._spawn(self._start_backend(d))
+                if not self._closing:
+                    self._starting[d.model_id] = self._spawn(self._start_backend(d))
             elif isinstance(d, StopBackend):
                 log.info(
                     "stopping model", model=d.model_id, reason=d.reason.value, detail=d.message
                 )
-                self._spawn(self._stop_backend(d))
+                self._stopping[d.model_id] = self._spawn(self._stop_backend(d))
             elif isinstance(d, ModelStateChanged):
                 log.info(
                     "model state",
@@ -385,7 +417,7 @@ class Broker:
                     gpus=d.gpu_uuids,
                     detail=d.message or None,
                 )
-                self._broadcast(d)
+                self._hub.publish(d)
             elif isinstance(d, PreloadSkipped):
                 log.warning("preload skipped", model=d.model_id, reason=d.message)
         self._sync_simulated_probe()
@@ -397,12 +429,12 @@ class Broker:
     def _lease_event(self, kind: str, lease_id: str, reason: str = "") -> None:
         view = self._core.lease(lease_id)
         if view is not None:
-            self._broadcast(LeaseEvent(kind, self._lease_info(view), reason))
+            self._hub.publish(LeaseEvent(kind, self._lease_info(view), reason))
 
     def _lease_ended(self, d: LeaseEnded) -> None:
         now = self._wall()
         info = LeaseInfo(d.lease_id, d.model_id, (), self.endpoint(d.model_id), "", False, now, now)
-        self._broadcast(LeaseEvent(d.reason.value, info, d.message))
+        self._hub.publish(LeaseEvent(d.reason.value, info, d.message))
         if d.reason is not LeaseEndReason.RELEASED:
             log.info(
                 "lease ended",
@@ -411,17 +443,6 @@ class Broker:
                 reason=d.reason.value,
                 detail=d.message,
             )
-
-    def _broadcast(self, ev: WatchEvent) -> None:
-        for q in list(self._watchers):
-            try:
-                q.put_nowait(ev)
-            except asyncio.QueueFull:
-                # A subscriber that cannot keep up is cut off rather than slowing the daemon.
-                self._watchers.discard(q)
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    q.get_nowait()
-                q.put_nowait(None)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -449,9 +470,11 @@ class Broker:
                 rb = await self._backends.start(
                     model, d.gpu_uuids, timeout_s=timeout, log_dir=self._log_dir
                 )
-            except BackendError as e:
+            except Exception as e:
                 log.warning("backend failed to start", model=d.model_id, error=str(e))
-                self._apply(self._core.load_failed(d.model_id, str(e), now=self._clock()))
+                self._apply(
+                    self._core.load_failed(d.model_id, str(e) or repr(e), now=self._clock())
+                )
                 return
             self._running[d.model_id] = rb
             rb.add_exit_callback(self._on_backend_exit)
@@ -494,15 +517,22 @@ class Broker:
         self._spawn(rb.stop(self._stop_grace_s))
 
     async def _stop_backend(self, d: StopBackend) -> None:
-        starting = self._starting.pop(d.model_id, None)
-        if starting is not None:
-            # A load timed out in the core: cancelling the start kills the process group.
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
-        rb = self._running.pop(d.model_id, None)
-        if rb is not None:
-            await rb.stop(self._stop_grace_s)
-        self._apply(self._core.unload_finished(d.model_id, now=self._clock()))
+        try:
+            starting = self._starting.pop(d.model_id, None)
+            if starting is not None:
+                # A load timed out in the core: cancelling the start kills the process group.
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+            rb = self._running.pop(d.model_id, None)
+            if rb is not None:
+                # Shielded: at shutdown this stop must run to its SIGKILL, not be cut short.
+                await asyncio.shield(rb.stop(self._stop_grace_s))
+        finally:
+            if self._stopping.get(d.model_id) is asyncio.current_task():
+                del self._stopping[d.model_id]
+            # Even if stopping failed, the core must learn the model is no longer loading or
+            # loaded, or its reservation would be held for ever.
+            self._apply(self._core.unload_finished(d.model_id, now=self._clock()))
         # Read the GPUs now rather than at the next poll: the next placement waits until the
         # freed memory shows up in a reading.
         await self._rt.poller.poll_once()
@@ -512,28 +542,37 @@ class Broker:
     async def _run_timer(self) -> None:
         while True:
             self._kick.clear()
-            wake = self._core.next_wakeup()
-            now = self._clock()
-            if wake is not None and wake <= now:
-                self._apply(self._core.tick(now))
-                await asyncio.sleep(0)
+            try:
+                wake = self._core.next_wakeup()
+                now = self._clock()
+                if wake is not None and wake <= now:
+                    self._apply(self._core.tick(now))
+                    await asyncio.sleep(0)
+                    continue
+            except Exception:
+                # Expiries and unloads depend on this loop: log and keep it alive.
+                log.exception("scheduler tick failed")
+                await asyncio.sleep(0.1)
                 continue
             delay = None if wake is None else wake - now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), delay)
 
-    def _on_probe(self, gpus: list[Any]) -> None:
-        self._apply(self._core.probe(gpus, now=self._clock()))
+    def _on_probe(self, gpus: list[GpuSnapshot]) -> None:
+        if not self._closing:
+            self._apply(self._core.probe(gpus, now=self._clock()))
 
     def _sync_simulated_probe(self) -> None:
         probe = self._rt.poller.probe
-        if isinstance(probe, SimulatedProbe):
-            # Simulated GPUs report what is placed on them as used, so that admission, the
-            # wait for freed memory and measured footprints all run without a GPU.
-            procs: dict[str, list[GpuProcess]] = {}
-            views = self._core.models()
-            for mid, rb in self._running.items():
-                v = views.get(mid)
-                for uuid, mb in zip(v.gpu_uuids, v.gpu_reservations_mb, strict=False) if v else ():
+        if not isinstance(probe, SimulatedProbe):
+            return
+        # Simulated GPUs report what is placed on them as used, and list each backend as a
+        # process holding its share, so that admission, the wait for freed memory and the
+        # measured footprint all run without a GPU.
+        procs: dict[str, list[GpuProcess]] = {}
+        for mid, rb in self._running.items():
+            v = self._core.model(mid)
+            if v is not None:
+                for uuid, mb in zip(v.gpu_uuids, v.gpu_reservations_mb, strict=False):
                     procs.setdefault(uuid, []).append(GpuProcess(rb.pid, mb))
-            probe.set_used(self._core.reserved_mb_by_gpu(), {u: tuple(p) for u, p in procs.items()})
+        probe.set_used(self._core.reserved_mb_by_gpu(), {u: tuple(p) for u, p in procs.items()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -55,11 +56,17 @@ def _int(minimum: int) -> FieldSpec:
 
 def _seconds(*, positive: bool) -> FieldSpec:
     def conv(v: Any) -> float:
-        if not isinstance(v, int | float) or isinstance(v, bool) or v < 0 or (positive and v == 0):
+        if (
+            not isinstance(v, int | float)
+            or isinstance(v, bool)
+            or not math.isfinite(v)  # nan/inf: a grace of nan would never expire
+            or v < 0
+            or (positive and v == 0)
+        ):
             raise Invalid("")
         return float(v)
 
-    return FieldSpec("a number of seconds " + ("> 0" if positive else ">= 0"), conv)
+    return FieldSpec("a finite number of seconds " + ("> 0" if positive else ">= 0"), conv)
 
 
 def _str(*, nonempty: bool = False) -> FieldSpec:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import grp
 import json
+import math
 import os
 import signal
 import sys
@@ -102,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--socket-group", metavar="GROUP", help="group owning the socket (0660)")
     serve.add_argument(
+        "--stop-grace", type=_poll_interval, default=10.0, metavar="SECONDS",
+        help="how long a backend has to exit after SIGTERM before its group gets SIGKILL "
+        "(default: 10)",
+    )
+    serve.add_argument(
         "--backend-log-dir",
         type=Path,
         default=None,
@@ -110,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--poll-interval",
-        type=float,
+        type=_poll_interval,
         default=1.0,
         metavar="SECONDS",
         help="how often GPU memory is read (default: 1)",
@@ -123,6 +130,14 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return ap
+
+
+def _poll_interval(text: str) -> float:
+    value = float(text)
+    # Faster than 20 Hz only burns CPU: NVML memory readings do not change that fast.
+    if not (math.isfinite(value) and value >= 0.05):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0.05, got {text}")
+    return value
 
 
 def _make_probe(spec: str | None) -> GpuProbe | None:
@@ -148,6 +163,7 @@ async def _prepare(ns: argparse.Namespace) -> tuple[Config, ActiveProfile, Probe
         config=config.profile,
         config_where=str(config.profile_where or "config"),
         overrides=ns.sets,
+        no_probe_reason=poller.unavailable_reason,
     )
     return config, active, poller
 
@@ -212,7 +228,18 @@ async def _serve(ns: argparse.Namespace) -> int:
             "--address",
             f"expected a unix:///path address, got {address!r} (use --listen HOST:PORT for TCP)",
         )
-    path = Path(path_str)
+    path = Path(path_str).absolute()
+    if len(os.fsencode(path)) > 107:
+        raise ConfigError(
+            "--address",
+            f"socket path {path} is longer than the 107 bytes a "
+            "Unix socket allows; choose a shorter path",
+        )
+    if ns.socket_group:
+        try:
+            grp.getgrnam(ns.socket_group)
+        except KeyError:
+            raise ConfigError("--socket-group", f"no group named {ns.socket_group!r}") from None
     config, active, poller = await _prepare(ns)
     runtime = Runtime(config, active, poller)
     stop = asyncio.Event()
@@ -222,13 +249,23 @@ async def _serve(ns: argparse.Namespace) -> int:
     broker = Broker(
         runtime,
         log_dir=ns.backend_log_dir,
+        stop_grace_s=ns.stop_grace,
         check_invariants=os.environ.get("GPULET_CHECK_INVARIANTS") == "1",
     )
     with unix_socket(path, ns.socket_group):
         server = build_server(runtime, broker)
         server.grpc_server.add_insecure_port(f"unix:{path}")
-        if ns.listen and server.grpc_server.add_insecure_port(ns.listen) == 0:
-            raise ConfigError("--listen", f"cannot listen on {ns.listen!r}")
+        if ns.listen:
+            try:
+                port = server.grpc_server.add_insecure_port(ns.listen)
+            except RuntimeError:
+                port = 0
+            if port == 0:
+                raise ConfigError(
+                    "--listen",
+                    f"cannot listen on {ns.listen!r} (expected HOST:PORT, free and allowed, "
+                    "e.g. 127.0.0.1:50051)",
+                )
         await server.grpc_server.start()
         finish_socket(path, ns.socket_group)
         await server.set_serving(True)
@@ -258,8 +295,10 @@ async def _serve(ns: argparse.Namespace) -> int:
         log.info("shutting down")
         if dog:
             dog.cancel()
+        # Waiting requests are told UNAVAILABLE and nothing new is granted; then the streams
+        # end, then every backend is stopped (to its SIGKILL if need be), then the probe.
+        broker.drain()
         await server.set_serving(False)
-        # Streams end first (Acquire waiters get CANCELLED), then every backend is stopped.
         await server.grpc_server.stop(grace=5)
         await broker.close()
         await poller.close()
@@ -281,6 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(runner(ns))
     except (ConfigError, AlreadyRunning, ValueError) as e:
         print(f"gpuletd: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # socket directory not creatable, permission denied, ...
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"gpuletd: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -71,14 +71,14 @@ class SocketLock:
             self._fd = None
 
 
-def prepare_socket(path: Path, group: str | None) -> None:
-    """Parent directory 0770 (group-owned when a group is given), stale socket removed.
-    Call with the lock held: only then is an existing socket known to be stale."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gid = grp.getgrnam(group).gr_gid if group else -1
-    if gid != -1:
-        os.chown(path.parent, -1, gid)
-    os.chmod(path.parent, 0o770)
+def prepare_socket(path: Path, group: str | None, *, created_dir: bool) -> None:
+    """A directory we created is made 0770 (group-owned when a group is given); one that
+    existed (say /tmp) is left as it is. The stale socket is removed: call with the lock
+    held, only then is an existing socket known to be stale."""
+    if created_dir:
+        if group:
+            os.chown(path.parent, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(path.parent, 0o770)
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             path.unlink()
@@ -126,10 +126,11 @@ def build_server(runtime: Runtime, broker: Broker) -> Server:
 @contextlib.contextmanager
 def unix_socket(path: Path, group: str | None) -> Iterator[SocketLock]:
     lock = SocketLock(path)
+    created_dir = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     lock.acquire()
     try:
-        prepare_socket(path, group)
+        prepare_socket(path, group, created_dir=created_dir)
         yield lock
     finally:
         with contextlib.suppress(FileNotFoundError):

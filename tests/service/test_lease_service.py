@@ -38,6 +38,17 @@ async def acquire(channel: grpc.aio.Channel, **kw: object) -> list[pb.AcquireRes
         ),
         ({"role": "poetry"}, grpc.StatusCode.INVALID_ARGUMENT, "role"),
         ({"model_id": "ghost"}, grpc.StatusCode.NOT_FOUND, "model_id"),
+        # A TTL of years would pin the model for good (and overflow a Timestamp).
+        (
+            {"model_id": "qwen3-vl", "ttl_seconds": 1e12},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ttl_seconds",
+        ),
+        (
+            {"model_id": "qwen3-vl", "priority": 2**31 - 1},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "priority",
+        ),
     ],
 )
 async def test_bad_acquire_gets_the_right_code_naming_the_field(

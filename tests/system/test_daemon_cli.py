@@ -231,3 +231,28 @@ def test_tcp_only_when_asked() -> None:
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["name"] == "constrained_16gb"
         assert '"tcp": "127.0.0.1:' in d.output()
+
+
+def test_an_existing_socket_directory_keeps_its_mode() -> None:
+    shared = short_tmpdir()
+    os.chmod(shared, 0o755)
+    with Daemon(env={"GPULET_SIMULATED_GPUS": "16384"}, socket=shared / "g.sock"):
+        pass
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o755
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--listen", "not-an-address"], "--listen"),
+        (["--socket-group", "no-such-group-xyz"], "no group named"),
+        (["--address", "unix:///tmp/" + "x" * 120 + ".sock"], "longer than the 107 bytes"),
+        (["--poll-interval", "0"], "--poll-interval"),
+    ],
+)
+def test_bad_daemon_flags_give_one_line_errors(args: list[str], needle: str) -> None:
+    base = ["--address", f"unix://{short_tmpdir()}/s.sock", "--simulated-gpus", "16384"]
+    r = run_daemon_once(*base, *args)
+    assert r.returncode == 2
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr

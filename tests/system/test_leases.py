@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import gpulet
+from gpulet.v1 import types_pb2
 from tests.helpers import Daemon
 
 pytestmark = pytest.mark.system
@@ -137,15 +138,15 @@ def test_queued_request_is_granted_when_the_holder_releases(tmp_path: Path, pidd
             assert not alive(a_pid)
             assert alive(pid_of(piddir, "model-b"))
             models = {m.id: m for m in c.models().models}
-            assert models["model-b"].lease_count == 1
+            assert models["model-b"].lease_count == 1, d.output()
             c.release(got["b"].lease_id, got["b"].token)
     finally:
         d.stop()
-    assert "invariant" not in d.output()
+    assert "invariant" not in d.output(), d.output()
 
 
 def test_released_model_unloads_right_after_its_grace_period(tmp_path: Path, piddir: Path) -> None:
-    grace = 1.5
+    grace = 3.0
     d = start_daemon(tmp_path, process_model("m", 4000, piddir, grace=grace))
     try:
         with gpulet.Client(address=d.address) as c:
@@ -154,14 +155,14 @@ def test_released_model_unloads_right_after_its_grace_period(tmp_path: Path, pid
             c.release(lease.lease_id, lease.token)
             released = time.monotonic()
             # Warm through the grace period (a new request would reuse it)...
-            time.sleep(grace * 0.6)
+            time.sleep(grace * 0.3)
             assert alive(pid)
             # ...and gone less than a second after it.
             assert wait_until(
                 lambda: not alive(pid), timeout=grace + 1.0 - (time.monotonic() - released)
             )
             state = {m.id: m.state for m in c.models().models}["m"]
-            assert state in (1, 4)  # unloaded (or just reporting unloading)
+            assert state in (types_pb2.MODEL_STATE_UNLOADED, types_pb2.MODEL_STATE_UNLOADING)
     finally:
         d.stop()
 
@@ -170,7 +171,7 @@ def test_unrenewed_lease_expires_and_renew_then_fails(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, reservation_model("r", 2000))
     try:
         with gpulet.Client(address=d.address) as c:
-            lease = c.acquire("r", ttl=1.0)
+            lease = c.acquire("r", ttl=2.0)
             assert [x.lease_id for x in c.list_leases()] == [lease.lease_id]
             assert wait_until(lambda: not c.list_leases(), timeout=4)
             with pytest.raises(gpulet.NotFound) as e:
@@ -204,7 +205,8 @@ def test_never_healthy_backend_fails_and_leaves_nothing_behind(
             with pytest.raises(gpulet.BackendFailed) as e:
                 c.acquire("sick", timeout=30)
             assert "sick" in e.value.message
-            assert "health" in e.value.message.lower() or "timeout" in e.value.message.lower()
+            # The backend's own verdict, with its last log lines, reaches the client.
+            assert "loading weights" in e.value.message
             pid = pid_of(piddir, "sick")
             # The waiter is told at the timeout; the group is killed and only then is the
             # reservation given back (its memory is in use until the process is gone).
@@ -223,22 +225,23 @@ def test_never_healthy_backend_fails_and_leaves_nothing_behind(
 def test_backend_crash_is_noticed_and_the_next_request_restarts_it(
     tmp_path: Path, piddir: Path
 ) -> None:
-    config = process_model("flaky", 3000, piddir, "--crash-after", "1.0")
+    config = process_model("flaky", 3000, piddir, "--crash-after", "3.0")
     d = start_daemon(tmp_path, config)
     try:
+        # Subscribed before the model starts, so the crash (3 s after its start) is seen.
+        events = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "gpulet"),
+                "--address",
+                d.address,
+                "watch",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         with gpulet.Client(address=d.address) as c:
             lease = c.acquire("flaky", ttl=30)
-            events = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "gpulet"),
-                    "--address",
-                    d.address,
-                    "watch",
-                    "--json",
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
             try:
                 assert wait_until(lambda: not c.list_leases(), timeout=10)
                 with pytest.raises(gpulet.LeaseError):
@@ -338,3 +341,43 @@ def test_200_concurrent_clients_on_two_16gb_gpus(tmp_path: Path) -> None:
     assert outcomes.count("ok") == 200, outcomes
     # The daemon checked the scheduler's invariants after every event (GPULET_CHECK_INVARIANTS).
     assert "invariant violated" not in d.output()
+
+
+def test_shutdown_kills_a_sigterm_proof_backend_caught_mid_unload(
+    tmp_path: Path, piddir: Path
+) -> None:
+    config = process_model("stubborn", 4000, piddir, "--ignore-sigterm", grace=0.2)
+    d = start_daemon(tmp_path, config, "--stop-grace", "1.0")
+    with gpulet.Client(address=d.address) as c:
+        lease = c.acquire("stubborn")
+        pid = pid_of(piddir, "stubborn")
+        c.release(lease.lease_id, lease.token)
+        time.sleep(0.5)  # grace over: its unload has begun and SIGTERM was ignored
+        assert alive(pid)
+    assert d.stop() == 0
+    # Once the daemon has exited, the backend is gone too: the stop ran to its SIGKILL.
+    assert not alive(pid)
+
+
+def test_shutdown_tells_queued_requests_it_is_shutting_down(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, reservation_model("a", 9000) + reservation_model("b", 9000))
+    with gpulet.Client(address=d.address) as c:
+        c.acquire("a")
+        waiter = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "gpulet"),
+                "--address",
+                d.address,
+                "lease",
+                "acquire",
+                "b",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)  # queued behind a (one model at a time)
+        assert waiter.poll() is None
+    assert d.stop() == 0
+    _, err = waiter.communicate(timeout=10)
+    assert waiter.returncode == 1
+    assert "shutting down" in err

@@ -184,6 +184,11 @@ grace_period_seconds = 5
         ),
         ('colour = "blue"\n', "gpulet.toml:1", "unknown top-level key 'colour'"),
         (
+            '[profiles.p]\nextends = "development"\ngrace_period_seconds = nan\n',
+            "gpulet.toml:3",
+            "expected a finite number of seconds >= 0",
+        ),
+        (
             '[models.m]\nvram_estimate_mb = 10\nbackend = "process"\n'
             'command = ["srv", "--port", "{prot}"]\n',
             "gpulet.toml:1",

@@ -661,17 +661,19 @@ def test_backoff_is_capped_at_30_s() -> None:
 def test_load_timeout_stops_the_backend_and_fails_the_waiters() -> None:
     s = make()
     s.request("r1", "a", now=0.0)
-    assert s.next_wakeup() == 120.0
-    out = s.tick(120.0)
+    # A backstop 5 s past autostart_timeout_seconds: the shell's own timeout normally wins.
+    assert s.next_wakeup() == 125.0
+    assert s.tick(124.9) == []
+    out = s.tick(125.0)
     stop = one(out, StopBackend)
     assert stop.reason is StopReason.LOAD_TIMEOUT and "120 s" in stop.message
     r = one(out, Rejected)
     assert r.code is RejectCode.FAILED_PRECONDITION and "did not become healthy" in r.message
     # The shell's own timeout fires too, and a late success arrives: both harmless.
-    assert s.load_failed("a", "timeout", now=120.1) == []
-    assert s.load_succeeded("a", now=120.2) == []
+    assert s.load_failed("a", "timeout", now=125.1) == []
+    assert s.load_succeeded("a", now=125.2) == []
     assert mv(s, "a").reserved_mb == 6000  # until it is gone
-    out = s.unload_finished("a", now=121.0)
+    out = s.unload_finished("a", now=126.0)
     assert one(out, ModelStateChanged).state is ModelState.FAILED
     assert s.reserved_mb_by_gpu() == {"GPU-0": 0}
 
@@ -679,7 +681,7 @@ def test_load_timeout_stops_the_backend_and_fails_the_waiters() -> None:
 def test_per_model_autostart_timeout() -> None:
     s = make(models={"m": model("m", 1000, autostart_timeout_seconds=7.0)})
     s.request("r1", "m", now=1.0)
-    assert s.next_wakeup() == 8.0
+    assert s.next_wakeup() == 1.0 + 7.0 + 5.0  # with the backstop slack
 
 
 def test_late_and_duplicate_events_are_ignored() -> None:

@@ -101,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GpuletError as e:
         print(f"gpulet: {e.message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Interrupted while waiting (e.g. in the queue): the request is cancelled with the call.
+        print("gpulet: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         return 0
 

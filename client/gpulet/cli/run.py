@@ -8,13 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from types import FrameType
 
-from gpulet.cli.lease import acquire_lease
+from gpulet.cli.lease import progress_printer
 from gpulet.client import Client
-from gpulet.errors import GpuletError
-from gpulet.lease import renew_in_thread
 
 __all__ = ["run"]
 
@@ -24,33 +21,43 @@ def run(client: Client, ns: argparse.Namespace) -> int:
     if not command:
         print("gpulet run: no COMMAND given (gpulet run MODEL -- COMMAND ...)", file=sys.stderr)
         return 2
-    lease = acquire_lease(client, ns)
-    stop = threading.Event()
-    renewer = renew_in_thread(
-        lease, ns.ttl, lambda: client.renew(lease.lease_id, lease.token, ttl=ns.ttl), stop
-    )
-    try:
+    child: subprocess.Popen[bytes] | None = None
+
+    # Installed before the lease is taken: a signal from now on must not release the lease
+    # while the command keeps running. SIGINT is not forwarded: a Ctrl-C at the terminal
+    # already reaches the command (same process group); passing it on would deliver it twice.
+    def forward(sig: int, frame: FrameType | None) -> None:
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(sig)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    show = progress_printer(sys.stderr.isatty())
+    with client.lease(
+        ns.model,
+        role=ns.role,
+        client_name=ns.client_name or f"gpulet run {command[0]}",
+        ttl=ns.ttl,
+        priority=ns.priority,
+        exclusive=ns.exclusive,
+        timeout=ns.timeout,
+        on_progress=show,  # type: ignore[arg-type]
+    ) as lease:
+        if show is not None:
+            sys.stderr.write("\r\033[K")
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             child = subprocess.Popen(command, env={**os.environ, **lease.env()})
         except OSError as e:
             print(f"gpulet run: cannot start {command[0]!r}: {e.strerror}", file=sys.stderr)
             return 127
-
-        # Pass interrupts to the command and keep waiting: the lease is released only when
-        # the command has really ended, so its GPU memory is free by then.
-        def forward(sig: int, frame: FrameType | None) -> None:
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(sig)
-
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, forward)
+        finally:
+            # The command is ours to wait for: the lease is released only when it has really
+            # ended, so that its GPU memory is free by then.
+            if child is None:
+                signal.signal(signal.SIGINT, previous)
         code = child.wait()
-    finally:
-        stop.set()
-        renewer.join()
-        if not lease.lost.is_set():
-            with contextlib.suppress(GpuletError):
-                client.release(lease.lease_id, lease.token)
     if lease.lost.is_set():
         print(
             f"gpulet run: warning: the lease was lost while the command ran: {lease.lost_reason}",

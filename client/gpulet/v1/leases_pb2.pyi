@@ -34,6 +34,8 @@ class _LeaseEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaseE
     LEASE_EVENT_KIND_EXPIRED: _LeaseEventKind.ValueType  # 4
     LEASE_EVENT_KIND_BACKEND_DIED: _LeaseEventKind.ValueType  # 5
     """Its model's backend died: the lease is over and the endpoint gone."""
+    LEASE_EVENT_KIND_CANCELLED: _LeaseEventKind.ValueType  # 6
+    """Its holder went away as the lease was granted: ended at once."""
 
 class LeaseEventKind(_LeaseEventKind, metaclass=_LeaseEventKindEnumTypeWrapper): ...
 
@@ -44,6 +46,8 @@ LEASE_EVENT_KIND_RELEASED: LeaseEventKind.ValueType  # 3
 LEASE_EVENT_KIND_EXPIRED: LeaseEventKind.ValueType  # 4
 LEASE_EVENT_KIND_BACKEND_DIED: LeaseEventKind.ValueType  # 5
 """Its model's backend died: the lease is over and the endpoint gone."""
+LEASE_EVENT_KIND_CANCELLED: LeaseEventKind.ValueType  # 6
+"""Its holder went away as the lease was granted: ended at once."""
 Global___LeaseEventKind: _TypeAlias = LeaseEventKind  # noqa: Y015
 
 @_typing.final

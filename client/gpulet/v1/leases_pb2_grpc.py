@@ -70,7 +70,8 @@ class LeaseServiceServicer:
         """Streams Queued (with position) → Loading → Granted, or ends with a status:
         NOT_FOUND (unknown model), INVALID_ARGUMENT (unknown role), RESOURCE_EXHAUSTED (queue
         full or model larger than the profile), FAILED_PRECONDITION (backend failed to start),
-        DEADLINE_EXCEEDED.
+        DEADLINE_EXCEEDED. The stream ends right after the grant: read it to its end. A client
+        that cancels the call at the grant is taken to have gone away, and the lease is ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,7 +37,8 @@ class LeaseServiceStub:
     """Streams Queued (with position) → Loading → Granted, or ends with a status:
     NOT_FOUND (unknown model), INVALID_ARGUMENT (unknown role), RESOURCE_EXHAUSTED (queue
     full or model larger than the profile), FAILED_PRECONDITION (backend failed to start),
-    DEADLINE_EXCEEDED.
+    DEADLINE_EXCEEDED. The stream ends right after the grant: read it to its end. A client
+    that cancels the call at the grant is taken to have gone away, and the lease is ended.
     """
     Renew: _grpc.UnaryUnaryMultiCallable[_leases_pb2.RenewRequest, _leases_pb2.RenewResponse]
     """PERMISSION_DENIED when the token does not match, NOT_FOUND when the lease has ended."""
@@ -56,7 +57,8 @@ class LeaseServiceAsyncStub(LeaseServiceStub):
     """Streams Queued (with position) → Loading → Granted, or ends with a status:
     NOT_FOUND (unknown model), INVALID_ARGUMENT (unknown role), RESOURCE_EXHAUSTED (queue
     full or model larger than the profile), FAILED_PRECONDITION (backend failed to start),
-    DEADLINE_EXCEEDED.
+    DEADLINE_EXCEEDED. The stream ends right after the grant: read it to its end. A client
+    that cancels the call at the grant is taken to have gone away, and the lease is ended.
     """
     Renew: _aio.UnaryUnaryMultiCallable[_leases_pb2.RenewRequest, _leases_pb2.RenewResponse]  # type: ignore[assignment]
     """PERMISSION_DENIED when the token does not match, NOT_FOUND when the lease has ended."""
@@ -78,7 +80,8 @@ class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams Queued (with position) → Loading → Granted, or ends with a status:
         NOT_FOUND (unknown model), INVALID_ARGUMENT (unknown role), RESOURCE_EXHAUSTED (queue
         full or model larger than the profile), FAILED_PRECONDITION (backend failed to start),
-        DEADLINE_EXCEEDED.
+        DEADLINE_EXCEEDED. The stream ends right after the grant: read it to its end. A client
+        that cancels the call at the grant is taken to have gone away, and the lease is ended.
         """
 
     @_abc_1.abstractmethod

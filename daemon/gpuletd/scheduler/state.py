@@ -62,6 +62,8 @@ class Tuning:
     memory_settle_s: float = 10.0
     # A reading within this much of the expected use counts as "the memory is back".
     settle_slack_mb: int = 256
+    # Past autostart_timeout_seconds, how long the core waits for the shell's own verdict.
+    load_timeout_slack_s: float = 5.0
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 30.0
     # Weight of the newest gap between requests in a model's smoothed reuse pattern.
@@ -339,7 +341,9 @@ class SchedulerState:
     def _load_due(self, rec: ModelRecord) -> float | None:
         if rec.state is not ModelState.LOADING or rec.load_started_at is None:
             return None
-        return rec.load_started_at + self._autostart_s(rec)
+        # A backstop: the shell enforces autostart_timeout_seconds itself and reports the
+        # backend's own error (with its log tail); the core steps in only if that never comes.
+        return rec.load_started_at + self._autostart_s(rec) + self._tuning.load_timeout_slack_s
 
     def next_wakeup(self) -> float | None:
         """The earliest time at which `tick` would do something; None when nothing is timed.

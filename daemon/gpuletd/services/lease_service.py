@@ -25,7 +25,7 @@ _LEASE_KIND = {
     "released": pb.LEASE_EVENT_KIND_RELEASED,
     "expired": pb.LEASE_EVENT_KIND_EXPIRED,
     "backend_died": pb.LEASE_EVENT_KIND_BACKEND_DIED,
-    "cancelled": pb.LEASE_EVENT_KIND_RELEASED,
+    "cancelled": pb.LEASE_EVENT_KIND_CANCELLED,
 }
 
 
