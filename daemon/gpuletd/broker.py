@@ -291,6 +291,10 @@ class Broker:
     def queue(self) -> list[QueueEntry]:
         return self._core.queue()
 
+    def queue_length(self) -> int:
+        """Requests waiting for their turn (not those only waiting on a load under way)."""
+        return sum(1 for e in self._core.queue() if e.position is not None)
+
     def models(self) -> dict[str, ModelView]:
         return self._core.models()
 

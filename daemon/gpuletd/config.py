@@ -159,6 +159,7 @@ class _Files:
         self.profile: str | None = None
         self.profile_where: Location | None = None
         self.preload: tuple[str, ...] = ()
+        self.preload_where: Location | None = None
         self.example_models: bool | None = None
         self.profiles: dict[str, _ProfileDef] = {}
         self.models: dict[str, tuple[Model, Location]] = {}
@@ -182,6 +183,7 @@ class _Files:
                     src.at("preload"), "field 'preload': expected an array of model ids"
                 )
             self.preload = tuple(v)
+            self.preload_where = src.at("preload")
         if "example_models" in data:
             if not isinstance(data["example_models"], bool):
                 raise ConfigError(
@@ -315,8 +317,8 @@ def load_config(paths: Iterable[Path], *, texts: Sequence[tuple[str, str]] = ())
     for model_id in files.preload:
         if registry.get(model_id) is None:
             raise ConfigError(
-                files.profile_where or Location(read[-1] if read else "config"),
-                f"preload: unknown model {model_id!r}",
+                files.preload_where or Location("config"),
+                f"preload: unknown model {model_id!r} (known: {', '.join(registry.models)})",
             )
     return Config(
         profiles=MappingProxyType(profiles),

@@ -104,7 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--socket-group", metavar="GROUP", help="group owning the socket (0660)")
     serve.add_argument(
-        "--stop-grace", type=_poll_interval, default=10.0, metavar="SECONDS",
+        "--stop-grace",
+        type=_poll_interval,
+        default=10.0,
+        metavar="SECONDS",
         help="how long a backend has to exit after SIGTERM before its group gets SIGKILL "
         "(default: 10)",
     )

@@ -120,16 +120,38 @@ async def test_deadline_in_the_queue_is_deadline_exceeded(channel: grpc.aio.Chan
 
 
 async def test_watch_sees_model_and_lease_changes(channel: grpc.aio.Channel) -> None:
-    watch = stub(channel).Watch(pb.WatchRequest())
-    await asyncio.sleep(0.1)  # subscribed before the change
-    granted = (await acquire(channel, model_id="siglip-large-patch16-384"))[-1]
-    seen: list[tuple[str, int]] = []
-    while ("lease", pb.LEASE_EVENT_KIND_GRANTED) not in seen:
+    s = stub(channel)
+    watch = s.Watch(pb.WatchRequest())
+    models = ["siglip-large-patch16-384", "florence-2-large"]
+    held: list[pb.Lease] = []
+
+    async def switch(i: int) -> None:
+        # One model at a time on constrained_16gb: each switch unloads one, loads the other.
+        if held:
+            g = held.pop()
+            await s.Release(pb.ReleaseRequest(lease_id=g.lease_id, token=g.token))
+        held.append((await acquire(channel, model_id=models[i % 2]))[-1].granted)
+
+    # Watch has no "subscribed" message: switch until the stream shows something, so a slow
+    # subscription cannot make the test miss the events it looks for.
+    for i in range(50):
+        await switch(i)
+        read = asyncio.ensure_future(watch.read())
+        done, _ = await asyncio.wait([read], timeout=0.2)
+        if done:
+            break
+        read.cancel()
+    else:
+        raise AssertionError("no Watch event at all")
+    await switch(i + 1)
+    seen: set[tuple[str, int]] = set()
+    while (
+        not {("model", types_pb2.MODEL_STATE_LOADED), ("lease", pb.LEASE_EVENT_KIND_GRANTED)}
+        <= seen
+    ):
         ev = await asyncio.wait_for(watch.read(), 5)
         kind = ev.WhichOneof("event")
-        seen.append((kind, ev.model.state if kind == "model" else ev.lease.kind))
+        seen.add((kind, ev.model.state if kind == "model" else ev.lease.kind))
         if kind == "lease":
             assert ev.lease.lease.token == ""  # never leaked to watchers
-    assert ("model", types_pb2.MODEL_STATE_LOADED) in seen
     watch.cancel()
-    assert granted.granted.model_id == "siglip-large-patch16-384"

@@ -78,7 +78,7 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
                 if isinstance(u, Queued):
                     yield pb.AcquireResponse(
                         queued=pb.Queued(
-                            position=u.position, queue_length=len(self._broker.queue())
+                            position=u.position, queue_length=self._broker.queue_length()
                         )
                     )
                 elif isinstance(u, Loading):
