@@ -15,17 +15,15 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
-from gpuletd.backends import ExitStatus, ProcessBackend, RunningBackend
+from gpuletd.backends import ProcessBackend
 from gpuletd.probe.simulated import SimulatedProbe
 from gpuletd.probe.types import GpuProcess, GpuSnapshot
-from gpuletd.registry import Backend
 from gpuletd.runtime import Runtime
 from gpuletd.scheduler import Scheduler
 from gpuletd.scheduler.decisions import (
@@ -48,6 +46,7 @@ from gpuletd.scheduler.decisions import (
 from gpuletd.scheduler.invariants import check_invariants
 from gpuletd.scheduler.views import LeaseView, ModelView, QueueEntry
 from gpuletd.selector import UnknownRole, select
+from gpuletd.supervisor import Supervisor
 from gpuletd.watch_hub import WatchClosed, WatchHub, WatchOverflow
 
 __all__ = ["Broker", "LeaseEvent", "LeaseFailed", "LeaseInfo", "WatchEvent"]
@@ -125,19 +124,15 @@ class Broker:
         self._rt = runtime
         self._clock = clock
         self._wall = wall
-        self._backends = backends or ProcessBackend()
-        self._log_dir = log_dir
-        self._stop_grace_s = stop_grace_s
+        self._supervisor = Supervisor(
+            runtime, self, backends=backends, log_dir=log_dir, stop_grace_s=stop_grace_s
+        )
         self._check = check_invariants
         self._core = Scheduler(
             runtime.profile, runtime.registry.models, runtime.gpus, preload=runtime.config.preload
         )
         self._waiters: dict[str, asyncio.Queue[Decision | None]] = {}
         self._tokens: dict[str, str] = {}
-        self._starting: dict[str, asyncio.Task[None]] = {}
-        self._stopping: dict[str, asyncio.Task[None]] = {}
-        self._running: dict[str, RunningBackend] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._hub: WatchHub[WatchEvent] = WatchHub()
         self._kick = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
@@ -163,19 +158,7 @@ class Broker:
         if self._timer is not None:
             self._timer.cancel()
             await asyncio.gather(self._timer, return_exceptions=True)
-        for task in self._starting.values():
-            task.cancel()  # a cancelled start kills its process group
-        await asyncio.gather(
-            *self._starting.values(), *self._stopping.values(), return_exceptions=True
-        )
-        running = list(self._running.values())
-        self._running.clear()
-        await asyncio.gather(
-            *(rb.stop(self._stop_grace_s) for rb in running), return_exceptions=True
-        )
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._supervisor.close()
         self._hub.close()
 
     # -- the API the servicers call ---------------------------------------------------------
@@ -306,12 +289,11 @@ class Broker:
         return placed
 
     def managed_pids(self) -> dict[int, str]:
-        return {pid: mid for mid, rb in self._running.items() for pid in rb.pids()}
+        return self._supervisor.pids()
 
     def endpoint(self, model_id: str) -> str:
-        rb = self._running.get(model_id)
-        if rb is not None and rb.endpoint:
-            return rb.endpoint
+        if running := self._supervisor.endpoint(model_id):
+            return running
         m = self._rt.registry.get(model_id)
         return (m.endpoint or "") if m is not None else ""
 
@@ -407,12 +389,12 @@ class Broker:
                 self._lease_ended(d)
             elif isinstance(d, StartBackend):
                 if not self._closing:
-                    self._starting[d.model_id] = self._spawn(self._start_backend(d))
+                    self._supervisor.start(d)
             elif isinstance(d, StopBackend):
                 log.info(
                     "stopping model", model=d.model_id, reason=d.reason.value, detail=d.message
                 )
-                self._stopping[d.model_id] = self._spawn(self._stop_backend(d))
+                self._supervisor.stop(d)
             elif isinstance(d, ModelStateChanged):
                 log.info(
                     "model state",
@@ -448,98 +430,19 @@ class Broker:
                 detail=d.message,
             )
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+    # -- backend outcomes (BackendEvents), fed to the core ------------------------------------
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("broker task failed", error=repr(exc), exc_info=exc)
+    def loaded(self, model_id: str, measured_mb: int | None) -> None:
+        self._apply(self._core.load_succeeded(model_id, measured_mb=measured_mb, now=self._clock()))
 
-    async def _start_backend(self, d: StartBackend) -> None:
-        model = self._rt.registry.get(d.model_id)
-        assert model is not None
-        try:
-            if model.backend is Backend.RESERVATION:
-                # Nothing to start: the holder loads the model itself.
-                self._apply(
-                    self._core.load_succeeded(d.model_id, measured_mb=None, now=self._clock())
-                )
-                return
-            timeout = model.autostart_timeout_seconds or self._rt.profile.autostart_timeout_seconds
-            try:
-                rb = await self._backends.start(
-                    model, d.gpu_uuids, timeout_s=timeout, log_dir=self._log_dir
-                )
-            except Exception as e:
-                log.warning("backend failed to start", model=d.model_id, error=str(e))
-                self._apply(
-                    self._core.load_failed(d.model_id, str(e) or repr(e), now=self._clock())
-                )
-                return
-            self._running[d.model_id] = rb
-            rb.add_exit_callback(self._on_backend_exit)
-            measured = await self._measure(rb)
-            log.info(
-                "backend healthy",
-                model=d.model_id,
-                pid=rb.pid,
-                endpoint=rb.endpoint,
-                measured_mb=measured,
-            )
-            self._apply(
-                self._core.load_succeeded(d.model_id, measured_mb=measured, now=self._clock())
-            )
-        finally:
-            if self._starting.get(d.model_id) is asyncio.current_task():
-                del self._starting[d.model_id]
+    def load_failed(self, model_id: str, reason: str) -> None:
+        self._apply(self._core.load_failed(model_id, reason, now=self._clock()))
 
-    async def _measure(self, rb: RunningBackend) -> int | None:
-        """The backend's memory as the probe sees it: its whole process tree (model servers
-        fork workers), summed over its GPUs. None when the probe cannot say."""
-        pids = set(rb.pids())
-        total, known = 0, False
-        for uuid in rb.gpu_uuids:
-            for p in await self._rt.poller.processes(uuid):
-                if p.pid in pids and p.used_mb is not None:
-                    total += p.used_mb
-                    known = True
-        return total if known else None
+    def died(self, model_id: str, reason: str) -> None:
+        self._apply(self._core.backend_died(model_id, reason, now=self._clock()))
 
-    def _on_backend_exit(self, rb: RunningBackend, status: ExitStatus) -> None:
-        if status.expected or self._running.get(rb.model_id) is not rb:
-            return
-        del self._running[rb.model_id]
-        tail = "; ".join(rb.log_tail(5))
-        reason = f"backend {status.describe()}" + (f"; last log lines: {tail}" if tail else "")
-        log.warning("backend died", model=rb.model_id, pid=rb.pid, reason=reason)
-        self._apply(self._core.backend_died(rb.model_id, reason, now=self._clock()))
-        # Its process group may have left workers holding memory: make sure they are gone.
-        self._spawn(rb.stop(self._stop_grace_s))
-
-    async def _stop_backend(self, d: StopBackend) -> None:
-        try:
-            starting = self._starting.pop(d.model_id, None)
-            if starting is not None:
-                # A load timed out in the core: cancelling the start kills the process group.
-                starting.cancel()
-                await asyncio.gather(starting, return_exceptions=True)
-            rb = self._running.pop(d.model_id, None)
-            if rb is not None:
-                # Shielded: at shutdown this stop must run to its SIGKILL, not be cut short.
-                await asyncio.shield(rb.stop(self._stop_grace_s))
-        finally:
-            if self._stopping.get(d.model_id) is asyncio.current_task():
-                del self._stopping[d.model_id]
-            # Even if stopping failed, the core must learn the model is no longer loading or
-            # loaded, or its reservation would be held for ever.
-            self._apply(self._core.unload_finished(d.model_id, now=self._clock()))
-        # Read the GPUs now rather than at the next poll: the next placement waits until the
-        # freed memory shows up in a reading.
-        await self._rt.poller.poll_once()
+    def unloaded(self, model_id: str) -> None:
+        self._apply(self._core.unload_finished(model_id, now=self._clock()))
 
     # -- the clock and the probe -------------------------------------------------------------
 
@@ -574,9 +477,9 @@ class Broker:
         # process holding its share, so that admission, the wait for freed memory and the
         # measured footprint all run without a GPU.
         procs: dict[str, list[GpuProcess]] = {}
-        for mid, rb in self._running.items():
+        for mid, pid in self._supervisor.leaders().items():
             v = self._core.model(mid)
             if v is not None:
                 for uuid, mb in zip(v.gpu_uuids, v.gpu_reservations_mb, strict=False):
-                    procs.setdefault(uuid, []).append(GpuProcess(rb.pid, mb))
+                    procs.setdefault(uuid, []).append(GpuProcess(pid, mb))
         probe.set_used(self._core.reserved_mb_by_gpu(), {u: tuple(p) for u, p in procs.items()})
