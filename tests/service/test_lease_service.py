@@ -134,13 +134,13 @@ async def test_watch_sees_model_and_lease_changes(channel: grpc.aio.Channel) -> 
 
     # Watch has no "subscribed" message: switch until the stream shows something, so a slow
     # subscription cannot make the test miss the events it looks for.
+    # One read stays pending throughout: cancelling a read would cancel the whole call.
+    read = asyncio.ensure_future(watch.read())
     for i in range(50):
         await switch(i)
-        read = asyncio.ensure_future(watch.read())
         done, _ = await asyncio.wait([read], timeout=0.2)
         if done:
             break
-        read.cancel()
     else:
         raise AssertionError("no Watch event at all")
     await switch(i + 1)
