@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import math
 import re
@@ -99,6 +100,11 @@ WatchEvent = ModelStateChanged | LeaseEvent
 AcquireUpdate = Queued | Loading | LeaseInfo
 
 
+def _digest(token: str) -> str:
+    # Only a digest is kept: what is stored (and later persisted) cannot be replayed as a token.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def _check_ttl(ttl_s: float) -> None:
     if not (math.isfinite(ttl_s) and 0 <= ttl_s <= MAX_TTL_S):
         raise LeaseFailed(
@@ -132,7 +138,6 @@ class Broker:
             runtime.profile, runtime.registry.models, runtime.gpus, preload=runtime.config.preload
         )
         self._waiters: dict[str, asyncio.Queue[Decision | None]] = {}
-        self._tokens: dict[str, str] = {}
         self._hub: WatchHub[WatchEvent] = WatchHub()
         self._kick = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
@@ -201,7 +206,6 @@ class Broker:
         token = secrets.token_urlsafe(24)
         queue: asyncio.Queue[Decision | None] = asyncio.Queue()
         self._waiters[rid] = queue
-        self._tokens[rid] = token
         now = self._clock()
         delivered = False
         try:
@@ -214,6 +218,7 @@ class Broker:
                     priority=priority,
                     ttl_s=ttl_s or None,
                     exclusive=exclusive,
+                    secret=_digest(token),
                     deadline=None if timeout_s is None else now + timeout_s,
                 )
             )
@@ -246,7 +251,6 @@ class Broker:
         finally:
             self._waiters.pop(rid, None)
             if not delivered:
-                self._tokens.pop(rid, None)
                 # Pending: leaves the queue. Granted but never handed over: the lease ends
                 # now rather than pinning its model until the TTL runs out.
                 self._apply(self._core.cancel(rid, now=self._clock()))
@@ -340,9 +344,9 @@ class Broker:
                 f"lease_id: {lease_id!r} is not a lease id (l- and 16 hex digits)",
                 "lease_id",
             )
-        expected = self._tokens.get(lease_id)
+        expected = self._core.lease_secret(lease_id)
         # Unknown or ended leases fall through to the core, which says which of the two.
-        if expected is not None and not hmac.compare_digest(expected, token):
+        if expected is not None and not hmac.compare_digest(expected, _digest(token)):
             raise LeaseFailed(
                 "PERMISSION_DENIED",
                 "WRONG_TOKEN",
@@ -385,7 +389,6 @@ class Broker:
             elif isinstance(d, Renewed):
                 self._lease_event("renewed", d.lease_id)
             elif isinstance(d, LeaseEnded):
-                self._tokens.pop(d.lease_id, None)
                 self._lease_ended(d)
             elif isinstance(d, StartBackend):
                 if not self._closing:

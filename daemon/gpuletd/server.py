@@ -79,6 +79,7 @@ def prepare_socket(path: Path, group: str | None, *, created_dir: bool) -> None:
         if group:
             os.chown(path.parent, -1, grp.getgrnam(group).gr_gid)
         os.chmod(path.parent, 0o770)
+
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             path.unlink()
@@ -128,6 +129,14 @@ def unix_socket(path: Path, group: str | None) -> Iterator[SocketLock]:
     lock = SocketLock(path)
     created_dir = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A directory another user made first (say a predictable /tmp/gpulet-UID) could let them
+    # swap the socket for their own: only ours or root's is trusted, checked before we write.
+    owner = os.stat(path.parent).st_uid
+    if owner not in (os.geteuid(), 0):
+        raise AlreadyRunning(
+            f"{path.parent} belongs to uid {owner}, not to this user or root; refusing to "
+            "serve a socket there (choose another --address)"
+        )
     lock.acquire()
     try:
         prepare_socket(path, group, created_dir=created_dir)

@@ -256,3 +256,12 @@ def test_bad_daemon_flags_give_one_line_errors(args: list[str], needle: str) -> 
     assert r.returncode == 2
     assert needle in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_socket_directory_owned_by_another_user_is_refused() -> None:
+    theirs = short_tmpdir()
+    os.chown(theirs, 12345, 12345)
+    r = run_daemon_once("--address", f"unix://{theirs}/s.sock", "--simulated-gpus", "16384")
+    assert r.returncode == 2
+    assert "belongs to uid 12345" in r.stderr
+    assert list(theirs.iterdir()) == []  # not even a lock file written there

@@ -88,6 +88,7 @@ class Scheduler(Admission):
         ttl_s: float | None = None,
         exclusive: bool = False,
         deadline: float | None = None,
+        secret: str = "",
     ) -> list[Decision]:
         """Ask for a lease on `model_id`. Its fate comes back, now or from a later event, as
         Granted or Rejected, possibly after Queued(position) and Loading updates.
@@ -156,6 +157,7 @@ class Scheduler(Admission):
                 deadline=deadline,
                 arrived_at=now,
                 seq=self._seq,
+                secret=secret,
             )
         )
         self._settle(out)

@@ -28,6 +28,9 @@ class PendingRequest:
     arrived_at: float
     # Arrival order; breaks every tie so the order never depends on hashing.
     seq: int
+    # Opaque to the core: what the shell checks a renew/release against (a token digest).
+    # Kept with the lease so that lease state has one owner (and one place to persist).
+    secret: str = ""
     # Delaying bypasses suffered while this request was the blocked head (bounded by the
     # scheduler's bypass limit).
     bypassed: int = 0

@@ -91,3 +91,4 @@ class LeaseRecord:
     granted_at: float
     expires_at: float
     ttl_s: float
+    secret: str = ""

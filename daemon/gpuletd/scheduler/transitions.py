@@ -75,6 +75,7 @@ class Transitions(SchedulerViews):
             granted_at=self._now,
             expires_at=self._now + req.ttl_s,
             ttl_s=req.ttl_s,
+            secret=req.secret,
         )
         self._leases[lease.lease_id] = lease
         rec.leases[lease.lease_id] = lease

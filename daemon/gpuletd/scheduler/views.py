@@ -146,6 +146,11 @@ class SchedulerViews(SchedulerState):
         le = self._leases.get(lease_id)
         return None if le is None else self._lease_view(le)
 
+    def lease_secret(self, lease_id: str) -> str | None:
+        """The opaque secret given with the request of a live lease (never in a view)."""
+        le = self._leases.get(lease_id)
+        return None if le is None else le.secret
+
     @staticmethod
     def _lease_view(le: LeaseRecord) -> LeaseView:
         return LeaseView(
