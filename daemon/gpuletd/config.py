@@ -148,7 +148,17 @@ def _read_model(model_id: str, table: Any, src: SourceMap) -> Model:
         try:
             validate_process_model(model)
         except BackendConfigError as e:
-            raise ConfigError(where, str(e)) from None
+            # Point at the field the problem is in when the message names one.
+            field = next(
+                (
+                    f
+                    for f in ("command", "health_url", "endpoint", "env")
+                    if f in values and f in str(e)
+                ),
+                None,
+            )
+            at = src.at("models", model_id, field) if field else where
+            raise ConfigError(at, str(e)) from None
     return model
 
 

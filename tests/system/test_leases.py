@@ -268,6 +268,14 @@ def test_gpulet_run_holds_a_lease_and_passes_the_exit_code(tmp_path: Path, piddi
         r = d.cli("run", "m", "--", sys.executable, "-c", script)
         assert r.returncode == 7, r.stderr
         uuids, endpoint, lease_id = r.stdout.split()
+        with gpulet.Client(address=d.address) as c, c.lease("m"):
+            gpus = d.cli_json("gpus", "--processes")["gpus"]
+            procs = [p for g in gpus for p in g["processes"]]
+            # The backend is listed as gpuletd's own, with the model it serves.
+            assert [(p["pid"], p["model_id"], p["managed"]) for p in procs] == [
+                (pid_of(piddir, "m"), "m", True)
+            ]
+            assert gpus[0]["placed"] == [{"model_id": "m", "reservation_mb": 3000}]
         assert uuids.startswith("GPU-") and endpoint.startswith("http://127.0.0.1:")
         assert lease_id.startswith("l-")
         with gpulet.Client(address=d.address) as c:

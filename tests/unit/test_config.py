@@ -191,13 +191,13 @@ grace_period_seconds = 5
         (
             '[models.m]\nvram_estimate_mb = 10\nbackend = "process"\n'
             'command = ["srv", "--port", "{prot}"]\n',
-            "gpulet.toml:1",
+            "gpulet.toml:4",
             "{prot}",
         ),
         (
             '[models.m]\nvram_estimate_mb = 10\nbackend = "process"\ncommand = ["srv"]\n'
             'env = { CUDA_VISIBLE_DEVICES = "0" }\n',
-            "gpulet.toml:1",
+            "gpulet.toml:5",
             "CUDA_VISIBLE_DEVICES",
         ),
     ],

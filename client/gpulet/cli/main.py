@@ -46,7 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     psub = prof.add_subparsers(dest="profile_command", metavar="COMMAND", required=True)
     add("show", profile.profile_show, "the active profile, why it was chosen, and the GPUs", psub)
     add("list", profile.profile_list, "every known profile, the active one starred", psub)
-    add("gpus", profile.gpus, "live memory of each GPU")
+    p = add("gpus", profile.gpus, "live memory of each GPU and the models placed on it")
+    p.add_argument(
+        "--processes",
+        action="store_true",
+        help="also list the processes holding GPU memory (slower: a driver lock)",
+    )
     add("models", models.models, "the model registry with each model's state")
     add("roles", models.roles, "the task roles models declare")
     p = add("select", models.select, "the best models for a role under the active profile")

@@ -68,6 +68,15 @@ def gpu_dict(g: types_pb2.Gpu) -> dict[str, Any]:
         "state": enum_str(types_pb2.GpuState, g.state),
         "reading_age_seconds": round(g.reading_age_seconds, 3),
         "placed": [{"model_id": p.model_id, "reservation_mb": p.reservation_mb} for p in g.placed],
+        "processes": [
+            {
+                "pid": p.pid,
+                "used_mb": opt(p, "used_mb"),
+                "managed": p.managed,
+                "model_id": p.model_id,
+            }
+            for p in g.processes
+        ],
     }
 
 

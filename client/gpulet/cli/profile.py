@@ -78,7 +78,7 @@ def profile_list(client: Client, ns: argparse.Namespace) -> int:
 
 
 def gpus(client: Client, ns: argparse.Namespace) -> int:
-    r = client.gpu_status()
+    r = client.gpu_status(include_processes=ns.processes)
     data = [gpu_dict(g) for g in r.gpus]
     if ns.json:
         print_json({"gpus": data, "probe": r.probe})
@@ -87,7 +87,7 @@ def gpus(client: Client, ns: argparse.Namespace) -> int:
         print(f"no GPUs ({r.probe} probe)")
         return 0
     table(
-        ["INDEX", "NAME", "TOTAL_MB", "FREE_MB", "USED_MB", "STATE", "UUID"],
+        ["INDEX", "NAME", "TOTAL_MB", "FREE_MB", "USED_MB", "STATE", "PLACED", "UUID"],
         [
             [
                 g["index"],
@@ -96,9 +96,21 @@ def gpus(client: Client, ns: argparse.Namespace) -> int:
                 g["free_mb"],
                 g["used_mb"],
                 g["state"],
+                [f"{p['model_id']}={p['reservation_mb']}" for p in g["placed"]],
                 g["uuid"],
             ]
             for g in data
         ],
     )
+    if ns.processes:
+        rows = [
+            [g["index"], p["pid"], p["used_mb"], p["model_id"] or "(not gpuletd's)"]
+            for g in data
+            for p in g["processes"]
+        ]
+        print()
+        if rows:
+            table(["GPU", "PID", "USED_MB", "MODEL"], rows)
+        else:
+            print("no processes hold GPU memory")
     return 0

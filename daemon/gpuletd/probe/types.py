@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = ["GpuProbe", "GpuProcess", "GpuSnapshot", "GpuState", "MigMode", "ProbeUnavailable"]
@@ -48,7 +48,6 @@ class GpuSnapshot:
     state: GpuState = GpuState.OK
     # time.monotonic() of the reading the memory fields come from.
     read_at: float = 0.0
-    processes: tuple[GpuProcess, ...] = field(default_factory=tuple)
 
 
 class ProbeUnavailable(Exception):

@@ -80,13 +80,12 @@ def gpu_pb(
         state=_GPU_STATE[g.state],
         reading_age_seconds=max(0.0, time.monotonic() - g.read_at) if g.read_at else 0.0,
         placed=[pb.PlacedModel(model_id=k, reservation_mb=v) for k, v in (placed or {}).items()],
-        processes=[
-            pb.GpuProcess(pid=p.pid, used_mb=p.used_mb)
-            if p.used_mb is not None
-            else pb.GpuProcess(pid=p.pid)
-            for p in g.processes
-        ],
     )
+    for p in processes:
+        owner = (managed or {}).get(p.pid)
+        proc = msg.processes.add(pid=p.pid, managed=owner is not None, model_id=owner or "")
+        if p.used_mb is not None:
+            proc.used_mb = p.used_mb
     # Unknown stays unset: proto3 `optional` lets a client tell "unknown" from 0.
     for name in ("total_mb", "free_mb", "used_mb", "reserved_mb"):
         value = getattr(g, name)
