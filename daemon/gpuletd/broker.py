@@ -422,7 +422,16 @@ class Broker:
 
     def _lease_ended(self, d: LeaseEnded) -> None:
         now = self._wall()
-        info = LeaseInfo(d.lease_id, d.model_id, (), self.endpoint(d.model_id), "", False, now, now)
+        info = LeaseInfo(
+            d.lease_id,
+            d.model_id,
+            d.gpu_uuids,
+            self.endpoint(d.model_id),
+            d.client,
+            False,
+            now,
+            now,
+        )
         self._hub.publish(LeaseEvent(d.reason.value, info, d.message))
         if d.reason is not LeaseEndReason.RELEASED:
             log.info(

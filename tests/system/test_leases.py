@@ -251,8 +251,11 @@ def test_backend_crash_is_noticed_and_the_next_request_restarts_it(
             finally:
                 events.terminate()
                 out, _ = events.communicate(timeout=10)
-            kinds = [json.loads(line).get("kind") for line in out.splitlines() if line.strip()]
-            assert "backend_died" in kinds
+            seen = [json.loads(line) for line in out.splitlines() if line.strip()]
+            died = [e for e in seen if e.get("kind") == "backend_died"]
+            assert [e["lease_id"] for e in died] == [lease.lease_id]
+            # Who lost it and where, although the lease itself is gone.
+            assert died[0]["client_name"] == lease.client_name and died[0]["gpu_uuids"]
     finally:
         d.stop()
 

@@ -169,6 +169,9 @@ class LeaseEnded:
     model_id: str
     reason: LeaseEndReason
     message: str
+    # Who held it and where, for Watch: the lease itself is gone once this is decided.
+    client: str = ""
+    gpu_uuids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

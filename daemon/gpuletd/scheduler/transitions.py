@@ -122,7 +122,11 @@ class Transitions(SchedulerViews):
         self._ended[lease.lease_id] = f"{reason.value}: {message}"
         while len(self._ended) > self._tuning.ended_lease_memory:
             self._ended.popitem(last=False)
-        out.append(LeaseEnded(lease.lease_id, lease.model_id, reason, message))
+        out.append(
+            LeaseEnded(
+                lease.lease_id, lease.model_id, reason, message, lease.client, lease.gpu_uuids
+            )
+        )
         if rec.state is ModelState.LOADED and not rec.leases:
             rec.idle_since = self._now
 
