@@ -251,6 +251,17 @@ class PeerPolicy:
         self._leases[req.rid] = m
         out.append(Granted(req.rid, m.id, m.gpus, math.inf, False))
 
+    def _serve_warm(self, req: Req, m: Slot, out: list[Decision]) -> bool:
+        """Every peer serves a loaded model at once and joins a load under way; True if so."""
+        if m.state is ModelState.LOADED:
+            self._take(req)
+            self._grant(req, m, out)
+            return True
+        if m.state is ModelState.LOADING:
+            self._join(req, m)
+            return True
+        return False
+
     def _join(self, req: Req, m: Slot) -> None:
         """The request waits on its model's load and is granted when it is healthy."""
         self._take(req)

@@ -36,12 +36,7 @@ class LlamaSwapLike(PeerPolicy):
             head = None
             for req in order:
                 m = self._models[req.model]
-                if m.state is ModelState.LOADED:
-                    self._take(req)
-                    self._grant(req, m, out)
-                elif m.state is ModelState.LOADING:
-                    self._join(req, m)
-                else:
+                if not self._serve_warm(req, m, out):
                     head = req
                     break
             if head is None:

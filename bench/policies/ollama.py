@@ -55,12 +55,7 @@ class OllamaLike(PeerPolicy):
         while self._queue:
             req = self._queue[0]
             m = self._models[req.model]
-            if m.state is ModelState.LOADED:
-                self._take(req)
-                self._grant(req, m, out)
-                continue
-            if m.state is ModelState.LOADING:
-                self._join(req, m)
+            if self._serve_warm(req, m, out):
                 continue
             if self._busy():
                 return  # one load at a time; after an unload, wait for the memory to be back

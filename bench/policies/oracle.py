@@ -71,11 +71,7 @@ class OfflineBound(PeerPolicy):
     def _schedule(self, out: list[Decision]) -> None:
         for req in list(self._queue):
             m = self._models[req.model]
-            if m.state is ModelState.LOADED:
-                self._take(req)
-                self._grant(req, m, out)
-            elif m.state is ModelState.LOADING:
-                self._join(req, m)
+            self._serve_warm(req, m, out)
         for req in list(self._queue):
             m = self._models[req.model]
             if m.state is ModelState.LOADING:

@@ -23,12 +23,7 @@ class RayServeLike(PeerPolicy):
     def _schedule(self, out: list[Decision]) -> None:
         for req in list(self._queue):
             m = self._models[req.model]
-            if m.state is ModelState.LOADED:
-                self._take(req)
-                self._grant(req, m, out)
-                continue
-            if m.state is ModelState.LOADING:
-                self._join(req, m)
+            if self._serve_warm(req, m, out):
                 continue
             if m.state is ModelState.UNLOADING or not self._uuids:
                 continue

@@ -45,7 +45,7 @@ from gpuletd.scheduler.decisions import (
     StopBackend,
 )
 from gpuletd.scheduler.invariants import check_invariants
-from gpuletd.scheduler.views import LeaseView, ModelView, QueueEntry
+from gpuletd.scheduler.views import LeaseView, ModelView
 from gpuletd.selector import UnknownRole, select
 from gpuletd.supervisor import Supervisor
 from gpuletd.watch_hub import WatchClosed, WatchHub, WatchOverflow
@@ -275,12 +275,9 @@ class Broker:
     def leases(self) -> list[LeaseInfo]:
         return [self._lease_info(v) for v in self._core.leases()]
 
-    def queue(self) -> list[QueueEntry]:
-        return self._core.queue()
-
     def queue_length(self) -> int:
         """Requests waiting for their turn (not those only waiting on a load under way)."""
-        return sum(1 for e in self._core.queue() if e.position is not None)
+        return self._core.waiting_count()
 
     def models(self) -> dict[str, ModelView]:
         return self._core.models()

@@ -17,7 +17,13 @@ from typing import Any
 from gpuletd.backends.placeholders import BackendConfigError, validate_process_model
 from gpuletd.config_errors import ConfigError, Location, SourceMap
 from gpuletd.config_fields import MODEL_FIELDS, PROFILE_FIELD_SPECS, Invalid
-from gpuletd.profiles import BUILTIN_PROFILES, PROFILE_FIELDS, Profile, Strategy
+from gpuletd.profiles import (
+    BUILTIN_PROFILES,
+    PROFILE_FIELDS,
+    Profile,
+    Strategy,
+    profile_values,
+)
 from gpuletd.registry import Backend, Model, Registry
 
 __all__ = [
@@ -279,8 +285,7 @@ _OPTIONAL = frozenset({"description", "gpu_count", "tensor_parallel_threshold_mb
 
 
 def _builtin_fields(name: str) -> dict[str, Any]:
-    p = BUILTIN_PROFILES[name]
-    return {f: getattr(p, f) for f in PROFILE_FIELDS}
+    return profile_values(BUILTIN_PROFILES[name])
 
 
 def _check_profile(p: Profile, where: Location | str) -> None:

@@ -27,6 +27,7 @@ from gpuletd.logs import setup_logging
 from gpuletd.probe.poller import ProbePoller
 from gpuletd.probe.simulated import SimulatedProbe, parse_simulated_gpus
 from gpuletd.probe.types import GpuProbe
+from gpuletd.profiles import profile_values
 from gpuletd.runtime import Runtime
 from gpuletd.server import AlreadyRunning, build_server, finish_socket, unix_socket
 from gpuletd.systemd import notify, watchdog_interval
@@ -187,11 +188,7 @@ def _effective(config: Config, active: ActiveProfile, poller: ProbePoller) -> di
             "usable_vram_mb": active.usable_vram_mb,
             "warnings": list(active.warnings),
             "overrides": list(active.overrides),
-            **{
-                k: (v.value if hasattr(v, "value") else list(v) if isinstance(v, tuple) else v)
-                for k, v in vars(p).items()
-                if k != "name"
-            },
+            **profile_values(p, plain=True),
         },
         "profiles": sorted(config.profiles),
         "user_profiles": sorted(config.user_profiles),

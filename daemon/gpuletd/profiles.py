@@ -6,6 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
+from typing import Any
 
 __all__ = [
     "BUILTIN_PROFILES",
@@ -14,6 +15,7 @@ __all__ = [
     "Bias",
     "Profile",
     "Strategy",
+    "profile_values",
 ]
 
 # Per GPU, kept free for the driver, CUDA context and fragmentation (seed design).
@@ -60,6 +62,18 @@ class Profile:
 
 # Every field a profile file may set, in declaration order (`name` comes from the table key).
 PROFILE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Profile) if f.name != "name")
+
+
+def profile_values(p: Profile, *, plain: bool = False) -> dict[str, Any]:
+    """The fields a profile file could set, by name. `plain`: as they are written in a file
+    (enum values as strings, lists as lists), for JSON."""
+    values = {f: getattr(p, f) for f in PROFILE_FIELDS}
+    if plain:
+        values = {
+            k: v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v
+            for k, v in values.items()
+        }
+    return values
 
 
 def _builtin(*profiles: Profile) -> Mapping[str, Profile]:

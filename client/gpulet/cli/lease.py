@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from gpulet.cli.output import print_json, table
 from gpulet.client import Client
@@ -41,7 +42,7 @@ def check_target(ns: argparse.Namespace, p: argparse.ArgumentParser) -> None:
         p.error("give a MODEL or --role ROLE (one of them)")
 
 
-def progress_printer(enabled: bool) -> object:
+def progress_printer(enabled: bool) -> Callable[[Progress], None] | None:
     """Queue position and loading progress on stderr, only for a person at a terminal."""
 
     def show(p: Progress) -> None:
@@ -66,7 +67,7 @@ def acquire_lease(client: Client, ns: argparse.Namespace) -> Lease:
             priority=ns.priority,
             exclusive=ns.exclusive,
             timeout=ns.timeout,
-            on_progress=show,  # type: ignore[arg-type]
+            on_progress=show,
         )
     finally:
         if show is not None:

@@ -42,7 +42,7 @@ def run(client: Client, ns: argparse.Namespace) -> int:
         priority=ns.priority,
         exclusive=ns.exclusive,
         timeout=ns.timeout,
-        on_progress=show,  # type: ignore[arg-type]
+        on_progress=show,
     ) as lease:
         if show is not None:
             sys.stderr.write("\r\033[K")

@@ -146,6 +146,10 @@ class SchedulerViews(SchedulerState):
         le = self._leases.get(lease_id)
         return None if le is None else self._lease_view(le)
 
+    def waiting_count(self) -> int:
+        """Requests waiting for their turn: O(n), no ordering (asked on every Queued update)."""
+        return sum(1 for r in self._queue if not r.joined)
+
     def lease_secret(self, lease_id: str) -> str | None:
         """The opaque secret given with the request of a live lease (never in a view)."""
         le = self._leases.get(lease_id)
