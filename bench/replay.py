@@ -17,10 +17,11 @@ from bench.policies import (
     VramdLike,
     gpulet_build,
 )
-from bench.sim import Build, Policy, Recorded, RunResult, Simulator
+from bench.sim import Build, Recorded, RunResult, Simulator
 from bench.workloads import Machine, Workload, cyclic_scan, multi_tenant_day, seed003_workflow
 from gpuletd.probe.types import GpuSnapshot
 from gpuletd.profiles import BUILTIN_PROFILES, Profile, Strategy
+from gpuletd.scheduler.events import PolicyEvents
 
 __all__ = [
     "BOUND",
@@ -52,12 +53,12 @@ class Contender:
 
 
 def _peer(
-    make: Callable[[Workload, dict[str, int], list[GpuSnapshot]], Policy],
+    make: Callable[[Workload, dict[str, int], list[GpuSnapshot]], PolicyEvents],
 ) -> Callable[[Workload, Machine], Build]:
     def for_run(workload: Workload, machine: Machine) -> Build:
         sizes = {m.id: m.mb for m in workload.models}
 
-        def build(gpus: list[GpuSnapshot]) -> tuple[Policy, Callable[[], list[str]] | None]:
+        def build(gpus: list[GpuSnapshot]) -> tuple[PolicyEvents, Callable[[], list[str]] | None]:
             return make(workload, sizes, gpus), None
 
         return build
@@ -148,7 +149,7 @@ class SpeedResult:
         return self.events / self.noop_s
 
 
-def _replay_calls(policy: Policy, calls: Sequence[Recorded]) -> float:
+def _replay_calls(policy: PolicyEvents, calls: Sequence[Recorded]) -> float:
     started = time.perf_counter()
     for name, args, kwargs in calls:
         getattr(policy, name)(*args, **kwargs)
@@ -163,7 +164,7 @@ def measure_speed(workload: Workload, machine: Machine, *, repeats: int = 3) -> 
     first: list[list[GpuSnapshot]] = []
     inner = gpulet_build(workload, machine, check=False)
 
-    def build(gpus: list[GpuSnapshot]) -> tuple[Policy, Callable[[], list[str]] | None]:
+    def build(gpus: list[GpuSnapshot]) -> tuple[PolicyEvents, Callable[[], list[str]] | None]:
         first.append(gpus)
         return inner(gpus)
 

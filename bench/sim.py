@@ -1,8 +1,9 @@
 """A discrete-event simulator that plays the daemon's shell around a scheduling policy.
 
-The policy is anything with the scheduler core's event interface (`Policy`): the real
-`gpuletd.scheduler.Scheduler`, or one of the peer emulations in `bench.policies`, all answering
-with the core's decision types. The simulator is the rest of the world:
+The policy is anything with the part of the scheduler core's event interface that the bench
+drives (`gpuletd.scheduler.events.PolicyEvents`): the real `gpuletd.scheduler.Scheduler`, or one
+of the peer emulations in `bench.policies`, all answering with the core's decision types. The
+simulator is the rest of the world:
 
 - clients: each request of the trace arrives (roots at their time, followers `gap_s` after
   what they follow is done), waits for its grant, holds the lease for `hold_s`, releases it;
@@ -27,9 +28,9 @@ import heapq
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, assert_never
 
 from bench.workloads import Machine, Request, Workload
 from gpuletd.probe.simulated import SimulatedGpu, SimulatedProbe
@@ -39,13 +40,20 @@ from gpuletd.scheduler.decisions import (
     Granted,
     LeaseEnded,
     LeaseEndReason,
+    LeaseRefused,
+    Loading,
+    ModelStateChanged,
+    PreloadSkipped,
+    Queued,
     Rejected,
+    Renewed,
     StartBackend,
     StopBackend,
     StopReason,
 )
+from gpuletd.scheduler.events import PolicyEvents
 
-__all__ = ["Build", "Policy", "Recorded", "RunResult", "Simulator", "simulated_gpus"]
+__all__ = ["Build", "Recorded", "RunResult", "Simulator", "simulated_gpus"]
 
 # A client keeps its lease for hold_s and releases it; the ttl only has to outlast that (the
 # daemon's clients renew; the replay does not model renewals).
@@ -55,39 +63,9 @@ _HORIZON_S = 86400.0
 _MAX_ANOMALIES_KEPT = 8
 
 
-class Policy(Protocol):
-    """The scheduler core's event interface (see gpuletd.scheduler.core)."""
-
-    def request(
-        self,
-        request_id: str,
-        model_id: str,
-        *,
-        now: float,
-        priority: int = 0,
-        ttl_s: float | None = None,
-    ) -> list[Decision]: ...
-
-    def release(self, lease_id: str, *, now: float) -> list[Decision]: ...
-
-    def load_succeeded(
-        self, model_id: str, *, now: float, measured_mb: int | None = None
-    ) -> list[Decision]: ...
-
-    def load_failed(self, model_id: str, reason: str, *, now: float) -> list[Decision]: ...
-
-    def unload_finished(self, model_id: str, *, now: float) -> list[Decision]: ...
-
-    def probe(self, readings: Sequence[GpuSnapshot], *, now: float) -> list[Decision]: ...
-
-    def tick(self, now: float) -> list[Decision]: ...
-
-    def next_wakeup(self) -> float | None: ...
-
-
 # Makes the policy from the GPUs' first readings; returns it and, optionally, an invariant
 # check to run after every event (violations as sentences).
-Build = Callable[[list[GpuSnapshot]], tuple[Policy, Callable[[], list[str]] | None]]
+Build = Callable[[list[GpuSnapshot]], tuple[PolicyEvents, Callable[[], list[str]] | None]]
 
 # One recorded call to the policy: method name, positional args, keyword args. Replaying a
 # recording into a fresh core measures the core alone, without the simulator around it.
@@ -235,16 +213,31 @@ class Simulator:
 
     def _apply(self, out: list[Decision]) -> None:
         for d in out:
-            if isinstance(d, StartBackend):
-                self._start(d)
-            elif isinstance(d, StopBackend):
-                self._stop(d)
-            elif isinstance(d, Granted):
-                self._grant(d)
-            elif isinstance(d, Rejected):
-                self._reject(d)
-            elif isinstance(d, LeaseEnded) and d.reason is not LeaseEndReason.RELEASED:
-                self._cut(d.lease_id, f"lease ended: {d.reason.value}")
+            match d:
+                case StartBackend():
+                    self._start(d)
+                case StopBackend():
+                    self._stop(d)
+                case Granted():
+                    self._grant(d)
+                case Rejected():
+                    self._reject(d)
+                case LeaseEnded():
+                    # A release is the client's own doing; anything else cut the lease short.
+                    if d.reason is not LeaseEndReason.RELEASED:
+                        self._cut(d.lease_id, f"lease ended: {d.reason.value}")
+                case (
+                    Queued()
+                    | Loading()
+                    | Renewed()
+                    | LeaseRefused()
+                    | ModelStateChanged()
+                    | PreloadSkipped()
+                ):
+                    # Progress reports: the simulated clients and GPUs do not act on them.
+                    pass
+                case _:
+                    assert_never(d)
 
     def _start(self, d: StartBackend) -> None:
         mid = d.model_id

@@ -41,14 +41,17 @@ class Daemon:
         self.dir = short_tmpdir()
         self.socket = socket or self.dir / "run" / "gpulet.sock"
         self.address = f"unix://{self.socket}"
-        self.args = args
+        # Its own state dir: a daemon must never restore (or adopt) another test's state.
+        self.state_dir = self.dir / "state"
+        self.args = args if "--state-dir" in args else (*args, "--state-dir", str(self.state_dir))
         self.env = clean_env(env)
         self.proc: subprocess.Popen[str] | None = None
         self.log = self.dir / "gpuletd.log"
         self._final_output: str | None = None
 
     def start(self, timeout: float = 20.0) -> Daemon:
-        self._log_file = self.log.open("w")
+        self._final_output = None
+        self._log_file = self.log.open("a")
         self.proc = subprocess.Popen(
             [GPULETD, "--address", self.address, *self.args],
             env=self.env,
@@ -81,7 +84,9 @@ class Daemon:
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0, *, keep: bool = False) -> int:
+        """Signal it and wait for it to exit; `keep` leaves its directory (state, logs,
+        socket dir) for a restart of the same daemon."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -93,7 +98,8 @@ class Daemon:
         self._log_file.close()
         # Keep what it said, then leave nothing behind in /tmp.
         self._final_output = self.output()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
         return self.proc.returncode
 
     def __enter__(self) -> Daemon:

@@ -3,6 +3,7 @@
     python tests/model_server.py --port N [--start-delay S] [--bind-late] [--never-healthy]
         [--crash-after S] [--exit-code N] [--fork-child] [--ignore-sigterm] [--stop-delay S]
         [--pid-file PATH] [--model ID] [--max-lifetime S]
+        [--setsid-child [--setsid-parent-exit-after S]]
 
 GET /health answers 503 while "loading" and 200 once ready; GET /v1/models lists the model;
 GET /env returns the environment it was started with; GET /info its pid, group and child.
@@ -49,6 +50,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-delay", type=float, default=0.0, help="seconds to shut down")
     p.add_argument("--pid-file", default=None, help="write 'pid [child_pid]' here at start")
     p.add_argument("--max-lifetime", type=float, default=DEFAULT_MAX_LIFETIME_S)
+    p.add_argument(
+        "--setsid-child",
+        action="store_true",
+        help="fork a child that forks a worker which leaves the process group (setsid); the "
+        "worker writes its pid to PID_FILE.setsid",
+    )
+    p.add_argument(
+        "--setsid-parent-exit-after",
+        type=float,
+        default=None,
+        help="the setsid worker's parent exits after S seconds, orphaning it",
+    )
     return p.parse_args(argv)
 
 
@@ -62,6 +75,39 @@ def fork_child(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.max_lifetime
     while time.monotonic() < deadline:
         time.sleep(0.5)
+    os._exit(0)
+
+
+def sleep_out(args: argparse.Namespace, seconds: float | None = None) -> None:
+    deadline = time.monotonic() + (args.max_lifetime if seconds is None else seconds)
+    while time.monotonic() < deadline:
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def fork_setsid_child(args: argparse.Namespace) -> int:
+    """A worker that escapes the process group, as some launchers' workers do: killpg on the
+    backend's group does not reach it, and once its parent dies no descendant walk finds it."""
+    middle = os.fork()
+    if middle:
+        return middle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    worker = os.fork()
+    if worker == 0:
+        os.setsid()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if args.ignore_sigterm else signal.SIG_DFL)
+        if args.pid_file:
+            path = args.pid_file + ".setsid"
+            with open(path + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(path + ".tmp", path)
+        say(f"setsid worker {os.getpid()} started")
+        sleep_out(args)
+        os._exit(0)
+    if args.setsid_parent_exit_after is not None:
+        sleep_out(args, args.setsid_parent_exit_after)
+        say(f"setsid worker's parent {os.getpid()} exits")
+        os._exit(0)
+    sleep_out(args)
     os._exit(0)
 
 
@@ -152,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     say(f"model_server {args.model}: pid {os.getpid()}, loading weights...")
     child = fork_child(args) if args.fork_child else None
+    if args.setsid_child:
+        fork_setsid_child(args)
     if args.pid_file:
         with open(args.pid_file + ".tmp", "w") as f:
             f.write(f"{os.getpid()} {child or ''}".strip())

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.sim import Policy
 from bench.workloads import Machine, Workload
 from gpuletd.probe.types import GpuSnapshot
 from gpuletd.profiles import BUILTIN_PROFILES, Profile
 from gpuletd.registry import Backend, Model
 from gpuletd.scheduler import Scheduler, Tuning, check_invariants
+from gpuletd.scheduler.events import PolicyEvents
 
 __all__ = ["gpulet_build", "gpulet_models"]
 
@@ -37,11 +37,11 @@ def gpulet_build(
     profile: Profile | None = None,
     tuning: Tuning | None = None,
     check: bool = True,
-) -> Callable[[list[GpuSnapshot]], tuple[Policy, Callable[[], list[str]] | None]]:
+) -> Callable[[list[GpuSnapshot]], tuple[PolicyEvents, Callable[[], list[str]] | None]]:
     chosen = profile or BUILTIN_PROFILES[machine.profile]
     models = gpulet_models(workload)
 
-    def build(gpus: list[GpuSnapshot]) -> tuple[Policy, Callable[[], list[str]] | None]:
+    def build(gpus: list[GpuSnapshot]) -> tuple[PolicyEvents, Callable[[], list[str]] | None]:
         core = Scheduler(chosen, models, gpus, tuning=tuning)
         # No preload is configured: start() only records that.
         core.start(0.0)

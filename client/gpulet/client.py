@@ -27,6 +27,9 @@ __all__ = ["AsyncClient", "Client", "check_socket"]
 
 T = TypeVar("T")
 DEFAULT_TTL = 30.0
+# A grant must be claimed (a first Renew, sent at once) within this long, or the daemon takes
+# it for one that never arrived (this caller was cancelled while it was on its way) and ends it.
+CLAIM_WITHIN_S = 10.0
 ProgressCallback = Callable[[Progress], None]
 
 
@@ -45,6 +48,7 @@ def acquire_request(
         ttl_seconds=ttl,
         priority=priority,
         exclusive=exclusive,
+        claim_within_seconds=CLAIM_WITHIN_S,
     )
     if model_id is not None:
         req.model_id = model_id
@@ -158,11 +162,13 @@ class Client:
             # closing it early would tell the daemon the grant never arrived.
             for r in self.leases.Acquire(req, timeout=timeout):
                 lease = _step(r, on_progress) or lease
-            if lease is not None:
-                return lease
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
-        raise DaemonUnavailable("gpuletd closed the Acquire stream without a grant")
+        if lease is None:
+            raise DaemonUnavailable("gpuletd closed the Acquire stream without a grant")
+        # The claim: the daemon learns the grant arrived (else it ends the lease soon).
+        lease.expires_at = self.renew(lease.lease_id, lease.token).expires_at
+        return lease
 
     def renew(self, lease_id: str, token: str, *, ttl: float = 0.0) -> Lease:
         r = self.call(
@@ -315,11 +321,12 @@ class AsyncClient:
             lease = None
             async for r in self.leases.Acquire(req, timeout=timeout):
                 lease = _step(r, on_progress) or lease
-            if lease is not None:
-                return lease
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
-        raise DaemonUnavailable("gpuletd closed the Acquire stream without a grant")
+        if lease is None:
+            raise DaemonUnavailable("gpuletd closed the Acquire stream without a grant")
+        lease.expires_at = (await self.renew(lease.lease_id, lease.token)).expires_at
+        return lease
 
     async def renew(self, lease_id: str, token: str, *, ttl: float = 0.0) -> Lease:
         r = await self.call(

@@ -36,7 +36,18 @@ __all__ = [
 
 DEFAULT_CONFIG = Path("/etc/gpulet/gpulet.toml")
 EXAMPLE_REGISTRY = "example_models.toml"
-_TOP_LEVEL = ("profile", "preload", "example_models", "profiles", "models")
+_TOP_LEVEL = (
+    "profile",
+    "preload",
+    "example_models",
+    "max_lease_ttl_seconds",
+    "profiles",
+    "models",
+)
+# The longest lease a client may ask for (renewing extends it): one hour unless configured.
+DEFAULT_MAX_LEASE_TTL_S = 3600.0
+# A configured maximum beyond this would let one client pin a model for more than a week.
+_MAX_LEASE_TTL_LIMIT_S = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,7 @@ class Config:
     profile: str | None = None
     profile_where: Location | None = None
     preload: tuple[str, ...] = ()
+    max_lease_ttl_s: float = DEFAULT_MAX_LEASE_TTL_S
     files: tuple[str, ...] = ()
     user_profiles: frozenset[str] = field(default_factory=frozenset)
 
@@ -177,6 +189,7 @@ class _Files:
         self.preload: tuple[str, ...] = ()
         self.preload_where: Location | None = None
         self.example_models: bool | None = None
+        self.max_lease_ttl_s = DEFAULT_MAX_LEASE_TTL_S
         self.profiles: dict[str, _ProfileDef] = {}
         self.models: dict[str, tuple[Model, Location]] = {}
 
@@ -200,6 +213,19 @@ class _Files:
                 )
             self.preload = tuple(v)
             self.preload_where = src.at("preload")
+        if "max_lease_ttl_seconds" in data:
+            v = data["max_lease_ttl_seconds"]
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, int | float)
+                or not 1 <= v <= _MAX_LEASE_TTL_LIMIT_S
+            ):
+                raise ConfigError(
+                    src.at("max_lease_ttl_seconds"),
+                    "field 'max_lease_ttl_seconds': expected a number of seconds from 1 to "
+                    f"{_MAX_LEASE_TTL_LIMIT_S:g}",
+                )
+            self.max_lease_ttl_s = float(v)
         if "example_models" in data:
             if not isinstance(data["example_models"], bool):
                 raise ConfigError(
@@ -341,6 +367,7 @@ def load_config(paths: Iterable[Path], *, texts: Sequence[tuple[str, str]] = ())
         profile=files.profile,
         profile_where=files.profile_where,
         preload=files.preload,
+        max_lease_ttl_s=files.max_lease_ttl_s,
         files=tuple(read),
         user_profiles=frozenset(files.profiles),
     )

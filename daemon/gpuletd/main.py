@@ -9,27 +9,36 @@ import grp
 import json
 import math
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
 from gpulet.address import default_address, socket_path
 from gpuletd import __version__
 from gpuletd.active_profile import ActiveProfile, resolve_active_profile
-from gpuletd.broker import Broker
+from gpuletd.backends.strays import MARK
 from gpuletd.config import Config, config_paths, load_config
 from gpuletd.config_errors import ConfigError
+from gpuletd.daemon import Daemon
 from gpuletd.logs import setup_logging
 from gpuletd.probe.poller import ProbePoller
 from gpuletd.probe.simulated import SimulatedProbe, parse_simulated_gpus
 from gpuletd.probe.types import GpuProbe
 from gpuletd.profiles import profile_values
 from gpuletd.runtime import Runtime
-from gpuletd.server import AlreadyRunning, build_server, finish_socket, unix_socket
+from gpuletd.server import (
+    AlreadyRunning,
+    LockFile,
+    build_server,
+    finish_socket,
+    held,
+    unix_socket,
+)
+from gpuletd.signals import Ending, Signals
+from gpuletd.state_dir import LOG_SUBDIR, STATE_FILE, default_state_dir
 from gpuletd.systemd import notify, watchdog_interval
 
 __all__ = ["main"]
@@ -42,6 +51,15 @@ environment:
   GPULET_CONFIG               config file (as --config)
   GPULET_DEPLOYMENT_PROFILE   profile to use (below --profile, above the config's `profile =`)
   GPULET_SIMULATED_GPUS       simulated GPUs (as --simulated-gpus)
+  GPULET_STATE_DIR            state directory (as --state-dir)
+
+signals:
+  TERM, INT, QUIT   stop: refuse waiting requests, stop every backend, clear the saved state
+  HUP               reload the config files; a bad one is refused and the old one kept
+  USR1              log a one-line status (profile, models, leases, queue, backend pids)
+  USR2              hand off: save the state, leave the backends running and re-execute
+                    gpuletd in place (same pid); use it to upgrade without unloading models
+  PIPE              logged and ignored
 
 profile precedence: --profile > GPULET_DEPLOYMENT_PROFILE > config `profile =` >
 auto-detection from the GPUs > development. `--set FIELD=VALUE` then overrides single fields.
@@ -113,11 +131,21 @@ def _parser() -> argparse.ArgumentParser:
         "(default: 10)",
     )
     serve.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where leases, backend records and measurements survive a restart (state.db) "
+        "and backends write their output (logs/); default: $GPULET_STATE_DIR, systemd's "
+        "$STATE_DIRECTORY, /var/lib/gpulet as root, else $XDG_STATE_HOME/gpulet",
+    )
+    serve.add_argument(
         "--backend-log-dir",
         type=Path,
         default=None,
         metavar="DIR",
-        help="also write each process backend's output to DIR/<model>.log",
+        help="where each process backend writes its output, DIR/<model>.log "
+        "(default: STATE_DIR/logs)",
     )
     serve.add_argument(
         "--poll-interval",
@@ -159,7 +187,11 @@ async def _prepare(ns: argparse.Namespace) -> tuple[Config, ActiveProfile, Probe
     config = load_config(config_paths(ns.config))
     poller = ProbePoller(_make_probe(ns.simulated_gpus), getattr(ns, "poll_interval", 1.0))
     await poller.open()
-    active = resolve_active_profile(
+    return config, _resolve(ns, config, poller), poller
+
+
+def _resolve(ns: argparse.Namespace, config: Config, poller: ProbePoller) -> ActiveProfile:
+    return resolve_active_profile(
         config.profiles,
         poller.gpus,
         flag=ns.profile,
@@ -169,7 +201,6 @@ async def _prepare(ns: argparse.Namespace) -> tuple[Config, ActiveProfile, Probe
         overrides=ns.sets,
         no_probe_reason=poller.unavailable_reason,
     )
-    return config, active, poller
 
 
 def _effective(config: Config, active: ActiveProfile, poller: ProbePoller) -> dict[str, Any]:
@@ -240,20 +271,22 @@ async def _serve(ns: argparse.Namespace) -> int:
             grp.getgrnam(ns.socket_group)
         except KeyError:
             raise ConfigError("--socket-group", f"no group named {ns.socket_group!r}") from None
+    state_dir: Path = (ns.state_dir or default_state_dir()).absolute()
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Every backend inherits this mark, so a restarted daemon finds even one no record names.
+    os.environ[MARK] = str(state_dir)
     config, active, poller = await _prepare(ns)
     runtime = Runtime(config, active, poller)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    broker = Broker(
-        runtime,
-        log_dir=ns.backend_log_dir,
-        stop_grace_s=ns.stop_grace,
-        check_invariants=os.environ.get("GPULET_CHECK_INVARIANTS") == "1",
-    )
-    with unix_socket(path, ns.socket_group):
-        server = build_server(runtime, broker)
+    with unix_socket(path, ns.socket_group), held(LockFile(state_dir / STATE_FILE, "state dir")):
+        daemon = Daemon(
+            runtime,
+            state_dir=state_dir,
+            log_dir=(ns.backend_log_dir or state_dir / LOG_SUBDIR).absolute(),
+            stop_grace_s=ns.stop_grace,
+            check_invariants=os.environ.get("GPULET_CHECK_INVARIANTS") == "1",
+        )
+        await daemon.open()
+        server = build_server(runtime, daemon)
         server.grpc_server.add_insecure_port(f"unix:{path}")
         if ns.listen:
             try:
@@ -270,13 +303,15 @@ async def _serve(ns: argparse.Namespace) -> int:
         finish_socket(path, ns.socket_group)
         await server.set_serving(True)
         poller.start()
-        broker.start()
+        daemon.start()
+        signals = Signals(daemon, lambda: _load(ns, poller))
+        signals.install()
         status = (
             f"profile {active.profile.name} ({active.source.value}), {len(runtime.gpus)} GPU(s)"
         )
         notify("READY=1", f"STATUS=serving on {path}: {status}")
         log.info(
-            "serving",
+            "daemon.serving",
             address=f"unix://{path}",
             tcp=ns.listen,
             profile=active.profile.name,
@@ -285,25 +320,49 @@ async def _serve(ns: argparse.Namespace) -> int:
             probe=poller.kind,
             gpus=len(runtime.gpus),
             models=len(config.registry.models),
+            state_dir=str(state_dir),
         )
         for w in active.warnings:
-            log.warning("profile warning", warning=w)
+            log.warning("profile.warning", warning=w)
         interval = watchdog_interval()
         dog = asyncio.create_task(_watchdog(interval)) if interval else None
-        await stop.wait()
-        notify("STOPPING=1", "STATUS=shutting down")
-        log.info("shutting down")
+        ending = await signals.ending()
+        notify("STOPPING=1", f"STATUS={ending.value}")
         if dog:
             dog.cancel()
         # Waiting requests are told UNAVAILABLE and nothing new is granted; then the streams
-        # end, then every backend is stopped (to its SIGKILL if need be), then the probe.
-        broker.drain()
+        # end; then (stop) every backend is stopped, or (handoff) left for the next daemon.
+        daemon.leases.drain()
         await server.set_serving(False)
         await server.grpc_server.stop(grace=5)
-        await broker.close()
-        await poller.close()
-    log.info("stopped")
+        if ending is Ending.HANDOFF:
+            await daemon.handoff()
+            await poller.close()
+        else:
+            await daemon.stop()
+            await poller.close()
+    if ending is Ending.HANDOFF:
+        _reexec()
+    log.info("daemon.stopped")
     return 0
+
+
+def _load(ns: argparse.Namespace, poller: ProbePoller) -> tuple[Config, ActiveProfile]:
+    """The configuration as a reload sees it: the same files, flags and environment."""
+    config = load_config(config_paths(ns.config))
+    return config, _resolve(ns, config, poller)
+
+
+def _reexec() -> NoReturn:
+    """Become a fresh gpuletd in the same process: same pid (systemd's main pid, the
+    terminal's job), the backends still our children. exec, not a return through asyncio:
+    the event loop's shutdown would cancel the tasks that own starting backends, and a
+    cancelled start kills its process group."""
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    log.info("daemon.reexec", argv=argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,7 @@
-"""What the running daemon knows: its configuration, active profile and GPU readings."""
+"""What the running daemon knows: its configuration, active profile and GPU readings.
+
+Replaced as a whole on a reload (SIGHUP); readers take `runtime.profile` / `.registry` at the
+moment they need them, so they see either the old or the new configuration, never a mix."""
 
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ class Runtime:
     config: Config
     active: ActiveProfile
     poller: ProbePoller
+    # Why the last reload was refused (the old configuration kept serving); empty when it
+    # succeeded or none was asked for.
+    reload_error: str = ""
 
     @property
     def profile(self) -> Profile:
@@ -31,3 +37,10 @@ class Runtime:
     @property
     def gpus(self) -> list[GpuSnapshot]:
         return self.poller.gpus or []
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        refused = (
+            f"reload refused, still serving the previous configuration: {self.reload_error}",
+        )
+        return self.active.warnings + (refused if self.reload_error else ())

@@ -23,13 +23,21 @@ from gpulet.v1 import (
     selector_pb2,
     selector_pb2_grpc,
 )
-from gpuletd.broker import Broker
+from gpuletd.daemon import Daemon
 from gpuletd.runtime import Runtime
 from gpuletd.services.lease_service import LeaseService
 from gpuletd.services.profile_service import ProfileService
 from gpuletd.services.selector_service import SelectorService
 
-__all__ = ["AlreadyRunning", "Server", "SocketLock", "build_server", "prepare_socket"]
+__all__ = [
+    "AlreadyRunning",
+    "LockFile",
+    "Server",
+    "build_server",
+    "held",
+    "prepare_socket",
+    "unix_socket",
+]
 
 SERVICE_NAMES = (
     profiles_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name,
@@ -42,12 +50,15 @@ class AlreadyRunning(Exception):
     pass
 
 
-class SocketLock:
-    """An exclusive lock beside the socket: a second server on the same Unix socket would
-    silently steal it from the first, so the second daemon must refuse instead."""
+class LockFile:
+    """An exclusive lock beside a file only one daemon may use: a second server on the same
+    Unix socket would silently steal it from the first, and two daemons on one state file
+    would adopt each other's backends; the second daemon must refuse instead."""
 
-    def __init__(self, socket_path: Path) -> None:
-        self.path = socket_path.with_name(socket_path.name + ".lock")
+    def __init__(self, path: Path, what: str = "socket") -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self._guarded = path
+        self._what = what
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -57,9 +68,10 @@ class SocketLock:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
+            hint = "--state-dir" if self._what == "state dir" else "--address"
             raise AlreadyRunning(
-                f"another gpuletd (pid {holder}) is serving on {self.path.with_suffix('')}; "
-                "stop it first or pass a different --address"
+                f"another gpuletd (pid {holder}) is using the {self._what} {self._guarded}; "
+                f"stop it first or pass a different {hint}"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -109,13 +121,17 @@ class Server:
             await self.health.set(name, status)
 
 
-def build_server(runtime: Runtime, broker: Broker) -> Server:
+def build_server(runtime: Runtime, daemon: Daemon) -> Server:
     server = grpc.aio.server()
-    profiles_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileService(runtime, broker), server)
-    selector_pb2_grpc.add_SelectorServiceServicer_to_server(
-        SelectorService(runtime, broker), server
+    profiles_pb2_grpc.add_ProfileServiceServicer_to_server(
+        ProfileService(runtime, daemon.core, daemon.supervisor), server
     )
-    leases_pb2_grpc.add_LeaseServiceServicer_to_server(LeaseService(broker), server)
+    selector_pb2_grpc.add_SelectorServiceServicer_to_server(
+        SelectorService(runtime, daemon.core), server
+    )
+    leases_pb2_grpc.add_LeaseServiceServicer_to_server(
+        LeaseService(daemon.leases, daemon.watch), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -125,8 +141,17 @@ def build_server(runtime: Runtime, broker: Broker) -> Server:
 
 
 @contextlib.contextmanager
-def unix_socket(path: Path, group: str | None) -> Iterator[SocketLock]:
-    lock = SocketLock(path)
+def held(lock: LockFile) -> Iterator[LockFile]:
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def unix_socket(path: Path, group: str | None) -> Iterator[LockFile]:
+    lock = LockFile(path)
     created_dir = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     # A directory another user made first (say a predictable /tmp/gpulet-UID) could let them

@@ -7,8 +7,8 @@ import grpc
 import pytest
 
 from gpuletd.active_profile import resolve_active_profile
-from gpuletd.broker import Broker
 from gpuletd.config import load_config
+from gpuletd.daemon import Daemon
 from gpuletd.probe.poller import ProbePoller
 from gpuletd.probe.simulated import SimulatedProbe, parse_simulated_gpus
 from gpuletd.runtime import Runtime
@@ -25,17 +25,17 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
     await poller.open()
     active = resolve_active_profile(config.profiles, poller.gpus)
     runtime = Runtime(config, active, poller)
-    broker = Broker(runtime)
-    server = build_server(runtime, broker)
     tmp = short_tmpdir()
+    daemon = Daemon(runtime, state_dir=None, log_dir=tmp / "logs")
+    server = build_server(runtime, daemon)
     address = f"unix:{tmp / 's.sock'}"
     server.grpc_server.add_insecure_port(address)
     await server.grpc_server.start()
     await server.set_serving(True)
-    broker.start()
+    daemon.start()
     async with grpc.aio.insecure_channel(address) as ch:
         yield ch
     await server.grpc_server.stop(None)
-    await broker.close()
+    await daemon.stop()
     await poller.close()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import grpc
 import pytest
@@ -43,6 +44,22 @@ async def acquire(channel: grpc.aio.Channel, **kw: object) -> list[pb.AcquireRes
             {"model_id": "qwen3-vl", "ttl_seconds": 1e12},
             grpc.StatusCode.INVALID_ARGUMENT,
             "ttl_seconds",
+        ),
+        # Past the default maximum of one hour (max_lease_ttl_seconds): renew instead.
+        (
+            {"model_id": "qwen3-vl", "ttl_seconds": 3601},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ttl_seconds",
+        ),
+        (
+            {"model_id": "qwen3-vl", "claim_within_seconds": 301},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "claim_within_seconds",
+        ),
+        (
+            {"model_id": "qwen3-vl", "client_name": "x" * 129},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "client_name",
         ),
         (
             {"model_id": "qwen3-vl", "priority": 2**31 - 1},
@@ -155,3 +172,39 @@ async def test_watch_sees_model_and_lease_changes(channel: grpc.aio.Channel) -> 
         if kind == "lease":
             assert ev.lease.lease.token == ""  # never leaked to watchers
     watch.cancel()
+
+
+async def test_a_grant_its_caller_never_received_ends_at_the_claim_deadline(
+    channel: grpc.aio.Channel,
+) -> None:
+    """Cancelling an Acquire 0-20 ms after sending it must not leave a lease nobody holds
+    (it would pin its model until the TTL of 600 s). The server cannot see whether a grant it
+    wrote was read; a caller that promised to claim it and did not, never received it."""
+    s = stub(channel)
+    rng = random.Random(7)
+    for _ in range(40):
+        call = s.Acquire(
+            pb.AcquireRequest(
+                model_id="florence-2-large", ttl_seconds=600, claim_within_seconds=0.5
+            )
+        )
+        await asyncio.sleep(rng.uniform(0, 0.02))
+        call.cancel()
+        assert await call.code() == grpc.StatusCode.CANCELLED
+    # Within the claim window they are still pinned (nobody can tell yet)...
+    assert (await s.ListLeases(pb.ListLeasesRequest())).leases
+    await asyncio.sleep(0.8)
+    # ...and once it has passed, none is.
+    assert not (await s.ListLeases(pb.ListLeasesRequest())).leases
+
+
+async def test_a_claimed_grant_is_kept(channel: grpc.aio.Channel) -> None:
+    s = stub(channel)
+    stream = await acquire(
+        channel, model_id="florence-2-large", ttl_seconds=60, claim_within_seconds=0.3
+    )
+    lease = stream[-1].granted
+    await s.Renew(pb.RenewRequest(lease_id=lease.lease_id, token=lease.token))
+    await asyncio.sleep(0.6)
+    held = (await s.ListLeases(pb.ListLeasesRequest())).leases
+    assert [x.lease_id for x in held] == [lease.lease_id]

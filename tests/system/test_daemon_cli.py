@@ -219,7 +219,8 @@ def test_sigterm_shuts_down_cleanly_and_notifies_systemd() -> None:
     assert b"STATUS=serving" in ready
     assert not d.socket.exists()
     out = d.output()
-    assert '"event": "serving"' in out and '"event": "stopped"' in out  # JSON lines off a tty
+    # JSON lines off a tty.
+    assert '"event": "daemon.serving"' in out and '"event": "daemon.stopped"' in out
 
 
 def test_tcp_only_when_asked() -> None:

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from gpuletd.backends import (
     PLACEHOLDERS,
     BackendConfigError,
     BackendCrashedDuringStart,
+    BackendRecord,
     BackendStartError,
     BackendStartTimeout,
     ExitStatus,
@@ -90,6 +92,15 @@ def stat_starttime(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[19])
 
 
+def open_files() -> list[str]:
+    """What this process's file descriptors point at."""
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the descriptor listdir itself used is gone
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return targets
+
+
 async def get_json(url: str) -> Any:
     def fetch() -> Any:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -120,13 +131,16 @@ class Harness:
     async def start(
         self, model: Model, *, timeout_s: float = 10.0, log_dir: Path | None = None
     ) -> RunningBackend:
-        backend = await self.backend.start(model, GPUS, timeout_s=timeout_s, log_dir=log_dir)
+        backend = await self.backend.start(
+            model, GPUS, timeout_s=timeout_s, log_dir=log_dir or self.tmp_path / "logs"
+        )
         self.started.append(backend)
         return backend
 
-    async def server_pids(self, model: Model) -> list[int]:
-        """The model server's pid (and its forked worker's), once it has written them."""
-        pid_file = self._pid_files[model.id]
+    async def server_pids(self, model: Model, suffix: str = "") -> list[int]:
+        """The model server's pid (and its forked worker's), once it has written them; with
+        suffix ".setsid", the pid of its worker that left the group (--setsid-child)."""
+        pid_file = self._pid_files[model.id].with_suffix(".pid" + suffix)
         for _ in range(250):
             if pid_file.exists():
                 return [int(p) for p in pid_file.read_text().split()]
@@ -138,9 +152,10 @@ class Harness:
             await backend.stop(1.0)
         # Safety net, so a failing test cannot leave servers behind for the next ones.
         for pid_file in self._pid_files.values():
-            if pid_file.exists():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+            for path in (pid_file, pid_file.with_suffix(".pid.setsid")):
+                if path.exists():
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(int(path.read_text().split()[0]), signal.SIGKILL)
 
 
 @pytest.fixture
@@ -284,11 +299,110 @@ async def test_log_dir_keeps_the_full_output(harness: Harness, tmp_path: Path) -
     assert "SIGTERM received, shutting down" in text
 
 
+async def test_output_goes_to_the_log_file_and_a_tail_shows_only_this_start(
+    harness: Harness,
+) -> None:
+    model = harness.model("--fork-child", model_id="chatty")
+    first = await harness.start(model)
+    await first.stop()
+
+    second = await harness.start(model)
+
+    assert second.log_path == first.log_path
+    assert second.log_path is not None
+    for fd in (1, 2):  # its stdout and stderr are the file itself: no pipe to the daemon
+        assert os.readlink(f"/proc/{second.pid}/fd/{fd}") == str(second.log_path)
+    assert str(second.log_path) not in open_files()  # the daemon keeps no descriptor on it
+    text = second.log_path.read_text()
+    assert text.count("=== gpulet: starting chatty at ") == 2
+    assert "bye" in text  # the first start's last words are in the file...
+    tail = second.log_tail(200)
+    assert "bye" not in tail  # ...but not in the second start's tail
+    assert not any(line.startswith("=== gpulet") for line in tail)
+    assert f"ready on port {second.port}" in tail
+
+
+async def test_on_spawn_gets_the_record_while_the_backend_is_still_loading(
+    harness: Harness,
+) -> None:
+    model = harness.model("--start-delay", "0.5")
+    seen: list[tuple[BackendRecord, bool]] = []
+
+    def on_spawn(record: BackendRecord) -> None:
+        seen.append((record, running(record.pid)))
+
+    backend = await harness.backend.start(
+        model, GPUS, timeout_s=10.0, log_dir=harness.tmp_path / "logs", on_spawn=on_spawn
+    )
+    harness.started.append(backend)
+
+    [(record, was_running)] = seen
+    assert was_running
+    assert not record.healthy
+    assert record.pid == record.pgid == backend.pid
+    assert record.start_time == stat_starttime(backend.pid)
+    assert record.boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert record.members == ((backend.pid, record.start_time),)
+    assert (record.port, record.endpoint, record.health_url) == (
+        backend.port,
+        backend.endpoint,
+        backend.health_url,
+    )
+    assert record.gpu_uuids == GPUS
+    assert record.log_path == backend.log_path
+    assert record.log_path is not None and record.log_offset > 0  # after the header line
+    assert abs(record.spawned_at - time.time()) < 60
+    assert backend.healthy
+    assert backend.record.healthy
+    assert replace(backend.record, healthy=False) == record
+
+
+async def test_a_failing_on_spawn_leaves_nothing_running(harness: Harness) -> None:
+    model = harness.model("--fork-child")
+    spawned: list[int] = []
+
+    def on_spawn(record: BackendRecord) -> None:
+        spawned.append(record.pid)
+        raise RuntimeError("store is down")
+
+    with pytest.raises(RuntimeError, match="store is down"):
+        await harness.backend.start(
+            model, GPUS, timeout_s=10.0, log_dir=harness.tmp_path / "logs", on_spawn=on_spawn
+        )
+
+    [leader] = spawned
+    assert not running(leader)
+    assert live_group_members(leader) == []
+
+
+async def test_members_are_tracked_and_kept_in_the_record(harness: Harness) -> None:
+    harness.backend = ProcessBackend(member_refresh_s=0.05)
+    model = harness.model("--fork-child")
+    backend = await harness.start(model)
+    leader, worker = await harness.server_pids(model)
+    changes: list[BackendRecord] = []
+    backend.add_record_callback(changes.append)
+
+    for _ in range(250):
+        if worker in dict(backend.record.members):
+            break
+        await asyncio.sleep(0.02)
+
+    assert dict(backend.record.members) == {
+        leader: stat_starttime(leader),
+        worker: stat_starttime(worker),
+    }
+    await backend.stop()
+    # The members that went away are forgotten; the record keeps naming its leader.
+    assert backend.record.members == ((leader, backend.process_start_time),)
+    assert changes and changes[-1] == backend.record
+
+
 # -- after start ---------------------------------------------------------------------------
 
 
 async def test_a_crash_after_start_is_noticed_at_once(harness: Harness) -> None:
-    # The forked worker keeps the output pipe open: noticing the exit must not wait for EOF.
+    # The forked worker shares its output: noticing the exit must not wait for that to close.
     model = harness.model("--crash-after", "0.5", "--exit-code", "7", "--fork-child")
     backend = await harness.start(model)
     _, worker = await harness.server_pids(model)
@@ -425,14 +539,14 @@ async def test_a_bad_process_entry_is_refused_before_spawning(model: Model, expe
     with pytest.raises(BackendConfigError, match=expected.replace("'", ".")):
         validate_process_model(model)
     with pytest.raises(BackendConfigError):
-        await ProcessBackend().start(model, GPUS, timeout_s=1.0)
+        await ProcessBackend().start(model, GPUS, timeout_s=1.0, log_dir=Path("/nonexistent"))
 
 
 async def test_gpu_uuids_as_one_string_is_refused() -> None:
     model = make_model(command=("x",))
     bad: Sequence[str] = GPUS[0]
     with pytest.raises(TypeError, match="not one string"):
-        await ProcessBackend().start(model, bad, timeout_s=1.0)
+        await ProcessBackend().start(model, bad, timeout_s=1.0, log_dir=Path("/nonexistent"))
 
 
 def test_pick_free_port_gives_distinct_bindable_loopback_ports() -> None:

@@ -721,8 +721,8 @@ def test_lease_expiry_renew_and_release() -> None:
     s = make()
     g = lease(s, "r1", "a", 0.0, ttl_s=30.0)
     assert g.expires_at == 30.0 and s.next_wakeup() == 30.0
-    assert s.renew("r1", now=20.0) == [Renewed("r1", "a", 50.0)]
-    assert s.renew("r1", now=25.0, ttl_s=100.0) == [Renewed("r1", "a", 125.0)]
+    assert s.renew("r1", now=20.0) == [Renewed("r1", "a", 50.0, ttl_s=30.0)]
+    assert s.renew("r1", now=25.0, ttl_s=100.0) == [Renewed("r1", "a", 125.0, ttl_s=100.0)]
     out = s.tick(125.0)
     assert one(out, LeaseEnded).reason is LeaseEndReason.EXPIRED
     assert one(s.renew("r1", now=126.0), LeaseRefused).reason is RejectReason.LEASE_ENDED
@@ -914,3 +914,38 @@ def test_views_describe_the_state() -> None:
     (g,) = s.gpus()
     assert g.reserved_mb == 6000 and g.models == ("a",) and g.available_mb == 14336 - 6000
     assert s.models()["a"].lease_count == 1
+
+
+# -- claims: a grant its caller never received ------------------------------------------------
+
+
+def test_an_unclaimed_grant_ends_at_its_claim_deadline_and_frees_the_model() -> None:
+    s = make()
+    lease(s, "l1", "florence-2-large", 0.0, ttl_s=600.0, claim_within_s=2.0)
+    assert s.next_wakeup() == 2.0
+    assert s.tick(1.9) == []
+    out = s.tick(2.0)
+    ended = one(out, LeaseEnded)
+    assert ended.lease_id == "l1" and ended.reason is LeaseEndReason.CANCELLED
+    assert "never received" in ended.message
+    assert s.leases() == [] and mv(s, "florence-2-large").idle_since == 2.0
+    ok(s)
+
+
+def test_a_renew_claims_the_grant_and_it_lives_to_its_ttl() -> None:
+    s = make()
+    lease(s, "l1", "florence-2-large", 0.0, ttl_s=600.0, claim_within_s=2.0)
+    one(s.renew("l1", now=1.0), Renewed)
+    assert of(s.tick(5.0), LeaseEnded) == []
+    assert [le.lease_id for le in s.leases()] == ["l1"]
+    assert s.next_wakeup() == 601.0
+
+
+def test_the_claim_deadline_survives_a_restart() -> None:
+    s = make()
+    lease(s, "l1", "florence-2-large", 0.0, ttl_s=600.0, claim_within_s=2.0)
+    r = Scheduler.restore(
+        s.snapshot(), BUILTIN_PROFILES["constrained_16gb"], REG, [snap(0, 16384)], now=1.0
+    )
+    r.start(1.0)
+    assert one(r.tick(2.0), LeaseEnded).reason is LeaseEndReason.CANCELLED

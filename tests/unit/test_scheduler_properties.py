@@ -17,10 +17,18 @@ decisions must respect what the shell can see:
   it; the invariants check that bound. See docs/scheduling.md.)
 - a late or duplicate backend event changes nothing (returns no decision);
 - at the end, once clients let go and time passes, no request is left pending.
+
+Two rules change the core under the shell's feet, as the daemon does: a restart (snapshot,
+JSON, restore; only when no request is pending, since pending requests die with the daemon)
+and a reconfigure to another built-in profile and registry. The shell's checks above must
+hold across both (a retired or drained model is never stopped while leased), and the ceilings
+a reconfigure leaves (`Scheduler.inherited`) only ever go down between reconfigures.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -28,12 +36,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from gpuletd.probe.types import GpuState
+from gpuletd.probe.types import GpuSnapshot, GpuState
 from gpuletd.profiles import BUILTIN_PROFILES, Profile
 from gpuletd.registry import Backend, Model
 from gpuletd.scheduler import (
     Decision,
     Granted,
+    Inherited,
     LeaseEnded,
     LeaseRefused,
     Loading,
@@ -80,6 +89,15 @@ REGISTRY = {
     )
 }
 MODEL_IDS = sorted(REGISTRY)
+# Registries a reconfigure may switch to: the same, one model removed, one redefined (a new
+# instance is needed), one changed only in what does not touch its backend.
+REGISTRIES: list[dict[str, Model]] = [
+    REGISTRY,
+    {mid: m for mid, m in REGISTRY.items() if mid != "mid-c"},
+    {**REGISTRY, "tiny-a": dataclasses.replace(REGISTRY["tiny-a"], vram_estimate_mb=900)},
+    {**REGISTRY, "qwen25vl": dataclasses.replace(REGISTRY["qwen25vl"], command=("serve",))},
+    {**REGISTRY, "siglip": dataclasses.replace(REGISTRY["siglip"], role_priority={"tags": 2})},
+]
 LINGER = st.sampled_from([0.0, 0.0, 0.5, 3.0])
 
 SETUPS: list[tuple[str, tuple[int, ...]]] = [
@@ -136,7 +154,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.totals: tuple[int, ...] = ()
         self.foreign = 0
         self.profile: Profile = BUILTIN_PROFILES["development"]
+        self.registry: dict[str, Model] = REGISTRY
+        self.preload: list[str] = []
+        self.queue_limit = 256
+        self.tuning = Tuning()
         self.sched: Scheduler
+        # The last inherited ceilings seen, and whether a reconfigure or restore may have set
+        # new ones since.
+        self.inherited: Inherited | None = None
+        self.may_inherit = False
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -162,14 +188,15 @@ class SchedulerMachine(RuleBasedStateMachine):
             snapshot(i, t, t - self.foreign, at=0.0, state=GpuState.OK)
             for i, t in enumerate(self.totals)
         ]
-        tuning = Tuning(bypass_limit=bypass_limit, aging_interval_s=20.0)
+        self.tuning = Tuning(bypass_limit=bypass_limit, aging_interval_s=20.0)
+        self.preload, self.queue_limit = preload, queue_limit
         self.sched = Scheduler(
             self.profile,
             REGISTRY,
             gpus,
             queue_limit=queue_limit,
             preload=preload,
-            tuning=tuning,
+            tuning=self.tuning,
         )
         self.apply(self.sched.start(self.now))
 
@@ -277,7 +304,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             deadline=None if deadline is None else self.now + deadline,
         )
         self.apply(out)
-        if model == "no-such-model":
+        if model not in self.registry:
             assert any(isinstance(d, Rejected) and d.code is RejectCode.NOT_FOUND for d in out)
 
     @precondition(lambda self: bool(self.shell.leases))
@@ -399,14 +426,60 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         assert out == [], f"late {event} for {model} produced {out}"
 
-    @rule(state=st.sampled_from([GpuState.OK, GpuState.OK, GpuState.OK, GpuState.STALE]))
-    def probe(self, state: GpuState) -> None:
+    def readings(self, state: GpuState) -> list[GpuSnapshot]:
         used = self.memory_in_use()
-        readings = [
+        return [
             snapshot(i, t, max(0, t - used[i]), at=self.now, state=state)
             for i, t in enumerate(self.totals)
         ]
-        self.apply(self.sched.probe(readings, now=self.now))
+
+    @rule(state=st.sampled_from([GpuState.OK, GpuState.OK, GpuState.OK, GpuState.STALE]))
+    def probe(self, state: GpuState) -> None:
+        self.apply(self.sched.probe(self.readings(state), now=self.now))
+
+    # -- the daemon restarting, and reloading its configuration --------------------------------
+
+    @precondition(lambda self: not self.shell.pending)
+    @rule(shift=st.sampled_from([0.0, 0.0, 1000.0, -50.0]))
+    def restart(self, shift: float) -> None:
+        """snapshot -> JSON -> restore on a clock `shift` seconds away; the shell's processes
+        live on (the contract: it answers the restored loads and unloads as before)."""
+        saved = json.loads(json.dumps(self.sched.snapshot(), allow_nan=False))
+        self.now += shift
+        self.shell.ghosts = [
+            dataclasses.replace(g, until=g.until + shift) for g in self.shell.ghosts
+        ]
+        self.sched = Scheduler.restore(
+            saved,
+            self.profile,
+            self.registry,
+            self.readings(GpuState.OK),
+            now=self.now,
+            shift=shift,
+            queue_limit=self.queue_limit,
+            preload=self.preload,
+            tuning=self.tuning,
+        )
+        if shift == 0.0:
+            assert self.sched.snapshot() == saved
+        self.may_inherit = True
+        self.apply(self.sched.start(self.now))
+
+    @rule(
+        name=st.sampled_from(sorted(BUILTIN_PROFILES)),
+        registry=st.sampled_from(range(len(REGISTRIES))),
+        preload=st.lists(st.sampled_from(MODEL_IDS), max_size=2, unique=True),
+    )
+    def reconfigure(self, name: str, registry: int, preload: list[str]) -> None:
+        self.profile, self.registry, self.preload = (
+            BUILTIN_PROFILES[name],
+            REGISTRIES[registry],
+            preload,
+        )
+        self.may_inherit = True
+        self.apply(
+            self.sched.reconfigure(self.profile, self.registry, now=self.now, preload=preload)
+        )
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -418,6 +491,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         for i, (total, used) in enumerate(zip(self.totals, self.memory_in_use(), strict=True)):
             if used > total:
                 problems.append(f"GPU {i} over-committed: {used} MiB in use of {total}")
+        now, before = self.sched.inherited, self.inherited
+        if now is not None and not self.may_inherit:
+            if before is None:
+                problems.append(f"inherited ceilings {now} appeared without a reconfigure")
+            elif now.vram_mb > before.vram_mb or now.models > before.models:
+                problems.append(f"inherited ceilings went up: {before} -> {now}")
+            elif any(mb > before.gpu_mb.get(u, -1) for u, mb in now.gpu_mb.items()):
+                problems.append(f"inherited GPU ceilings went up: {before} -> {now}")
+        self.inherited, self.may_inherit = now, False
         assert not problems, "\n".join(problems)
 
     def teardown(self) -> None:

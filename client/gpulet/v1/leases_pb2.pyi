@@ -60,6 +60,7 @@ class AcquireRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     EXCLUSIVE_FIELD_NUMBER: _builtins.int
+    CLAIM_WITHIN_SECONDS_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     role: _builtins.str
     """The selector picks the best model for the role, preferring a loaded one on ties."""
@@ -71,6 +72,13 @@ class AcquireRequest(_message.Message):
     """Higher is served first; FIFO within a priority."""
     exclusive: _builtins.bool
     """No other lease may share the model while this one is held."""
+    claim_within_seconds: _builtins.float
+    """If > 0: the caller promises to claim the grant (Renew or Release with its token) within
+    this many seconds; a grant not claimed by then was never received (the caller was
+    cancelled or its deadline passed while the grant was on its way) and ends, instead of
+    pinning its model until the TTL. The gpulet client and CLI claim at once. 0: no claim
+    needed (a grant is held until its TTL). At most 300.
+    """
     def __init__(
         self,
         *,
@@ -80,10 +88,11 @@ class AcquireRequest(_message.Message):
         ttl_seconds: _builtins.float = ...,
         priority: _builtins.int = ...,
         exclusive: _builtins.bool = ...,
+        claim_within_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "role", b"role", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name", "exclusive", b"exclusive", "model_id", b"model_id", "priority", b"priority", "role", b"role", "target", b"target", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_within_seconds", b"claim_within_seconds", "client_name", b"client_name", "exclusive", b"exclusive", "model_id", b"model_id", "priority", b"priority", "role", b"role", "target", b"target", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["model_id", "role"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015

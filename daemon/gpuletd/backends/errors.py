@@ -30,8 +30,14 @@ TAIL_IN_MESSAGE = 20
 _LINE_CHARS = 300
 
 
-def describe_returncode(returncode: int) -> str:
-    """asyncio's returncode (negative for a signal) as words: 'exited with code 3'."""
+def describe_returncode(returncode: int | None) -> str:
+    """asyncio's returncode (negative for a signal) as words: 'exited with code 3'.
+
+    None is the exit of a process that was not our child (adopted after a daemon restart):
+    only its parent could learn how it ended.
+    """
+    if returncode is None:
+        return "exited (not our child: status unknown)"
     if returncode >= 0:
         return f"exited with code {returncode}"
     try:
@@ -63,8 +69,8 @@ class BackendStartError(BackendError):
         self.model_id = model_id
         self.reason = reason
         self.log_tail = list(log_tail[-TAIL_IN_MESSAGE:]) if log_tail else []
-        # asyncio's convention: negative means killed by that signal. None: it never ran, or
-        # it was still running when it was stopped.
+        # asyncio's convention: negative means killed by that signal. None: it never ran, it
+        # was still running when it was stopped, or it was not our child (adopted).
         self.exit_code = exit_code
         self.pid = pid
         self.log_path = log_path

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from tenacity import AsyncRetrying, retry_if_result, stop_never, wait_exponential
 
-__all__ = ["HealthProbe", "probe_health", "wait_healthy"]
+__all__ = ["HealthProbe", "check_health", "probe_health", "wait_healthy"]
 
 # One attempt may not hang longer than this: a server that accepts but never answers (stuck in
 # its model load) must not stop us from noticing that it came up on the next attempt.
@@ -65,6 +65,12 @@ async def probe_health(url: str, *, timeout_s: float = _ATTEMPT_TIMEOUT_S) -> He
         return HealthProbe(False, f"not an HTTP answer: {status_line[:80]!r}")
     code = int(fields[1])
     return HealthProbe(200 <= code < 300, f"HTTP {code}")
+
+
+async def check_health(url: str, timeout_s: float = _ATTEMPT_TIMEOUT_S) -> bool:
+    """One GET of `url`: True if it answered 2xx within `timeout_s`. For a backend believed
+    loaded (one adopted after a restart): is it still serving?"""
+    return (await probe_health(url, timeout_s=timeout_s)).ok
 
 
 def _not_ok(probe: HealthProbe) -> bool:

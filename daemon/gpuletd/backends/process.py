@@ -1,8 +1,10 @@
-"""Process backends: start a model's serving process, notice its death, stop its whole group.
+"""Process backends: start a model's serving process, wait until it is healthy.
 
 The daemon's async shell calls `ProcessBackend.start` when the scheduler core decides "start
-backend", feeds the outcome back as "healthy" or "failed", registers an exit callback that feeds
-"died", and calls `RunningBackend.stop` on "stop backend". Nothing here decides policy.
+backend" (persisting the record `on_spawn` hands it), feeds the outcome back as "healthy" or
+"failed", registers an exit callback that feeds "died", and calls `RunningBackend.stop` on
+"stop backend". After a restart it `adopt`s the recorded backends and, for one that was still
+loading, `wait_healthy`s it. Nothing here decides policy.
 """
 
 from __future__ import annotations
@@ -12,20 +14,23 @@ import os
 import shlex
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from gpuletd.backends import reaper
+from gpuletd.backends.adopt import adopt
 from gpuletd.backends.errors import (
     TAIL_IN_MESSAGE,
     BackendCrashedDuringStart,
     BackendStartError,
     BackendStartTimeout,
 )
+from gpuletd.backends.handles import ChildHandle
 from gpuletd.backends.health import HealthProbe, wait_healthy
-from gpuletd.backends.logs import LogRing, open_log_file
+from gpuletd.backends.logs import open_log_file
 from gpuletd.backends.placeholders import (
     LOOPBACK_HOST,
     Launch,
@@ -34,7 +39,9 @@ from gpuletd.backends.placeholders import (
     validate_process_model,
 )
 from gpuletd.backends.ports import pick_free_port
-from gpuletd.backends.running import OutputPump, RunningBackend
+from gpuletd.backends.procfs import boot_id, process_start_time
+from gpuletd.backends.record import BackendRecord
+from gpuletd.backends.running import RunningBackend
 from gpuletd.registry import Model
 
 __all__ = ["ProcessBackend"]
@@ -62,10 +69,10 @@ class ProcessBackend:
         *,
         host: str = LOOPBACK_HOST,
         base_env: Mapping[str, str] | None = None,
-        log_lines: int = 200,
         failure_grace_s: float = 5.0,
         orphan_grace_s: float = 2.0,
         kill_wait_s: float = 5.0,
+        member_refresh_s: float = 1.0,
         health_first_interval_s: float = 0.02,
         health_max_interval_s: float = 1.0,
     ) -> None:
@@ -74,13 +81,15 @@ class ProcessBackend:
         `failure_grace_s`: SIGTERM grace for a backend stopped because its start failed.
         `orphan_grace_s`: SIGTERM grace for the workers left behind by a leader that died.
         `kill_wait_s`: how long to wait for the group to vanish after SIGKILL.
+        `member_refresh_s`: how often a running backend's process tree is scanned for new
+        members (workers that leave its group are found only while their parent lives).
         """
         self._host = host
         self._base_env = base_env
-        self._log_lines = log_lines
         self._failure_grace_s = failure_grace_s
         self._orphan_grace_s = orphan_grace_s
         self._kill_wait_s = kill_wait_s
+        self._member_refresh_s = member_refresh_s
         self._health_first_s = health_first_interval_s
         self._health_max_s = health_max_interval_s
 
@@ -111,15 +120,22 @@ class ProcessBackend:
         gpu_uuids: Sequence[str],
         *,
         timeout_s: float,
-        log_dir: Path | None = None,
+        log_dir: Path,
+        on_spawn: Callable[[BackendRecord], None] | None = None,
     ) -> RunningBackend:
         """Spawn `model`'s command on `gpu_uuids` and return once its health URL answers 2xx.
+
+        Its stdout and stderr are `<log_dir>/<model>.log`, written by the backend itself, so
+        that it keeps running and logging whatever happens to the daemon. `on_spawn(record)`
+        is called synchronously as soon as the process exists, before any waiting, so that
+        the caller can persist the record first; if it raises, the backend is killed and the
+        error propagates.
 
         Raises `BackendConfigError` (before spawning) for a bad registry entry, and a
         `BackendStartError` when it cannot be spawned, exits during start (raised as soon as it
         exits) or is not healthy within `timeout_s` (it is stopped first). If the calling task
-        is cancelled, the group is killed before the cancellation propagates. Whatever fails,
-        nothing of the backend is left running.
+        is cancelled, every member is killed before the cancellation propagates. Whatever
+        fails, nothing of the backend is left running.
         """
         validate_process_model(model)
         if isinstance(gpu_uuids, str):
@@ -131,62 +147,66 @@ class ProcessBackend:
         port = pick_free_port(self._host)
         launch = expand_launch(model, PlaceholderValues(port, model.id, uuids, self._host))
         env = self.environment(model, launch, uuids, port)
-        loop = asyncio.get_running_loop()
-        read_fd, write_fd = os.pipe()
-        log_file = open_log_file(log_dir, model.id, launch.command) if log_dir else None
-        log_path = Path(log_file.name) if log_file is not None else None
-        ring = LogRing(self._log_lines)
+        log_file = open_log_file(log_dir, model.id, launch.command)
+        output: int = log_file.fd if log_file is not None else subprocess.DEVNULL
         try:
-            output, pump = await loop.connect_read_pipe(
-                lambda: OutputPump(ring, log_file), os.fdopen(read_fd, "rb", buffering=0)
-            )
-        except BaseException:
-            os.close(write_fd)
-            if log_file is not None:
-                log_file.close()
-            raise
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *launch.command,
-                stdin=subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                env=env,
-                # Own session and process group: one killpg reaches every worker it forks,
-                # and a Ctrl-C on the daemon's terminal does not reach it.
-                start_new_session=True,
-                # Keep SIGPIPE ignored (Python's setting) instead of the default "die": a
-                # backend must outlive the daemon (restart without loss) even though its
-                # output pipe then has no reader.
-                restore_signals=False,
-            )
+            # Until the handle claims the new pid, the orphan reaper must not reap anything:
+            # it could take the exit status asyncio is about to wait for.
+            with reaper.spawning():
+                process = await asyncio.create_subprocess_exec(
+                    *launch.command,
+                    stdin=subprocess.DEVNULL,
+                    # The file itself, not a pipe: a pipe dies with the daemon, and then every
+                    # write of the backend fails (EPIPE) and many servers fail the request.
+                    stdout=output,
+                    stderr=output,
+                    env=env,
+                    # Own session and process group: one killpg reaches every worker it forks,
+                    # and a Ctrl-C on the daemon's terminal does not reach it.
+                    start_new_session=True,
+                    # Keep SIGPIPE ignored (Python's setting) instead of the default "die": a
+                    # server writing to a client that hung up should see EPIPE, not be killed.
+                    restore_signals=False,
+                )
+                handle = ChildHandle(process)
         except OSError as exc:
-            output.close()
             raise BackendStartError(
                 model.id,
                 f"could not run {launch.command[0]!r}: {exc.strerror or exc}",
                 hint="Check the command in its registry entry and that the program is "
                 "installed and on the daemon's PATH.",
-                log_path=log_path,
+                log_path=log_file.path if log_file is not None else None,
             ) from exc
-        except BaseException:
-            output.close()
-            raise
         finally:
-            os.close(write_fd)  # the child has its copy; ours would keep EOF from ever coming
+            if log_file is not None:
+                os.close(log_file.fd)  # the child has its copies
 
-        backend = RunningBackend(
+        record = BackendRecord(
             model_id=model.id,
-            process=process,
-            launch=launch,
+            pid=process.pid,
+            # 0 if it is gone already (asyncio reaped it): then no member check ever matches,
+            # which is right, since there is nothing left to signal.
+            start_time=process_start_time(process.pid) or 0,
+            pgid=process.pid,
+            boot_id=boot_id(),
             port=port,
             gpu_uuids=uuids,
-            ring=ring,
-            output=output,
-            pump=pump,
-            log_path=log_path,
+            endpoint=launch.endpoint,
+            health_url=launch.health_url,
+            command=launch.command,
+            log_path=log_file.path if log_file is not None else None,
+            log_offset=log_file.offset if log_file is not None else 0,
+            spawned_at=time.time(),
+            healthy=False,
+            members=(),
+        )
+        backend = RunningBackend(
+            record,
+            handle,
             orphan_grace_s=self._orphan_grace_s,
             kill_wait_s=self._kill_wait_s,
+            member_refresh_s=self._member_refresh_s,
+            log_inode=log_file.inode if log_file is not None else None,
         )
         _log.info(
             "backend.spawned",
@@ -195,7 +215,35 @@ class ProcessBackend:
             port=port,
             gpus=list(uuids),
             command=shlex.join(launch.command),
+            log=str(record.log_path),
         )
+        if on_spawn is not None:
+            try:
+                on_spawn(backend.record)
+            except BaseException:
+                backend.kill()
+                await backend.stop(0.0)
+                raise
+        await self.wait_healthy(backend, timeout_s)
+        return backend
+
+    def adopt(self, record: BackendRecord) -> RunningBackend | None:
+        """`adopt(record)` with this ProcessBackend's stop and tracking settings."""
+        return adopt(
+            record,
+            orphan_grace_s=self._orphan_grace_s,
+            kill_wait_s=self._kill_wait_s,
+            member_refresh_s=self._member_refresh_s,
+        )
+
+    async def wait_healthy(self, backend: RunningBackend, timeout_s: float) -> None:
+        """Return once `backend`'s health URL answers 2xx, waiting at most `timeout_s` more.
+
+        For a fresh start (`start` uses it) and for an adopted backend that was still loading
+        when the previous daemon died. Raises `BackendCrashedDuringStart` as soon as it exits,
+        or `BackendStartTimeout` after stopping it; if the calling task is cancelled, every
+        member is killed before the cancellation propagates.
+        """
         try:
             outcome = await self._wait_until_healthy(backend, timeout_s)
         except BaseException:
@@ -205,11 +253,15 @@ class ProcessBackend:
             await backend.stop(0.0)
             raise
         if outcome.healthy:
-            backend.healthy_at = time.monotonic()
+            backend.mark_healthy()
             _log.info(
-                "backend.healthy", model=model.id, pid=backend.pid, load_s=backend.load_seconds
+                "backend.healthy",
+                model=backend.model_id,
+                pid=backend.pid,
+                load_s=backend.load_seconds,
+                adopted=backend.adopted,
             )
-            return backend
+            return
         await backend.stop(self._failure_grace_s)
         raise self._start_error(backend, timeout_s, outcome.last_probe)
 

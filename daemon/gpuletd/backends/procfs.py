@@ -1,17 +1,20 @@
-"""What /proc says about a backend's processes: start time, parent, process group, liveness."""
+"""What /proc says about a backend's processes: identity, parent, group, liveness, this boot."""
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
     "ProcStat",
-    "alive_members",
+    "boot_id",
+    "children_of",
+    "is_same_process",
     "process_start_time",
-    "process_tree",
     "read_proc_stat",
+    "scan_tree",
 ]
 
 
@@ -60,6 +63,19 @@ def process_start_time(pid: int) -> int | None:
     return None if stat is None else stat.starttime
 
 
+def is_same_process(pid: int, start_time: int) -> bool:
+    """True while `pid` is still the live (not zombie) process that started at `start_time`."""
+    stat = read_proc_stat(pid)
+    return stat is not None and not stat.zombie and stat.starttime == start_time
+
+
+@functools.cache
+def boot_id() -> str:
+    """This boot's random id. Start times count from boot, so they only compare within one."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
+
+
 def _all_stats() -> list[ProcStat]:
     stats = []
     try:
@@ -74,47 +90,34 @@ def _all_stats() -> list[ProcStat]:
     return stats
 
 
-def process_tree(root: int | None, pgid: int) -> list[ProcStat]:
-    """Live processes of a backend: members of group `pgid`, `root`, and all their descendants.
+def children_of(ppid: int) -> list[ProcStat]:
+    """Every process whose parent is `ppid`, zombies included."""
+    return [s for s in _all_stats() if s.ppid == ppid]
 
-    Both, because each alone misses some: a worker that called setsid() leaves the group but is
-    still a descendant, and a worker whose parent died is reparented away but stays in the
-    group. Pass `root=None` once the leader has been reaped: its pid may name someone else by
-    now. Zombies are left out: they hold no memory and no GPU context.
+
+def scan_tree(pgid: int | None, roots: Mapping[int, int]) -> dict[int, int]:
+    """One pass over /proc: live members of group `pgid`, the `roots` (pid -> start time) that
+    are still the same processes, and every descendant of either; as pid -> start time.
+
+    All three, because each alone misses some: a worker that called setsid() leaves the group
+    but is still a descendant (until its parent dies), and a worker whose parent died is
+    reparented away but stays in the group. Roots remembered from earlier scans keep a setsid'd
+    worker found after its parent is gone. Pass `pgid=None` when the group id may name someone
+    else's group. Zombies are left out: they hold no memory and no GPU context.
     """
     stats = [s for s in _all_stats() if not s.zombie]
     children: dict[int, list[ProcStat]] = {}
     for s in stats:
         children.setdefault(s.ppid, []).append(s)
-    found = {s.pid: s for s in stats if s.pgrp == pgid or s.pid == root}
+    found = {
+        s.pid: s.starttime
+        for s in stats
+        if (pgid is not None and s.pgrp == pgid) or roots.get(s.pid) == s.starttime
+    }
     todo = list(found)
     while todo:
         for child in children.get(todo.pop(), ()):
             if child.pid not in found:
-                found[child.pid] = child
+                found[child.pid] = child.starttime
                 todo.append(child.pid)
-    return sorted(found.values(), key=lambda s: s.pid)
-
-
-def alive_members(pgid: int, known: Iterable[tuple[int, int]] = ()) -> list[int]:
-    """Pids still alive in group `pgid`, plus those of `known` (pid, starttime) pairs.
-
-    A known pid counts only while its start time matches, so a pid reused by an unrelated
-    process after ours died is never taken for ours (and never signalled).
-    """
-    alive: set[int] = set()
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        # Someone else's group now uses that id; none of ours is in it.
-        pass
-    else:
-        # killpg also finds zombies; look closer before calling the group alive.
-        alive.update(s.pid for s in _all_stats() if s.pgrp == pgid and not s.zombie)
-    for pid, starttime in known:
-        stat = read_proc_stat(pid)
-        if stat is not None and not stat.zombie and stat.starttime == starttime:
-            alive.add(pid)
-    return sorted(alive)
+    return found

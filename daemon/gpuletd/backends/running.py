@@ -1,33 +1,29 @@
-"""A running process backend: its group, its output, its exit, and how it is stopped."""
+"""A running process backend: its record, its members, its exit, its log, and how it is stopped."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
 from gpuletd.backends.errors import TAIL_IN_MESSAGE, describe_returncode
-from gpuletd.backends.logs import LogRing
-from gpuletd.backends.placeholders import Launch
-from gpuletd.backends.procfs import alive_members, process_start_time, process_tree, read_proc_stat
+from gpuletd.backends.handles import ProcessHandle
+from gpuletd.backends.logs import read_log_tail
+from gpuletd.backends.members import Members
+from gpuletd.backends.record import BackendRecord
 
-__all__ = ["ExitCallback", "ExitStatus", "OutputPump", "RunningBackend"]
+__all__ = ["ExitCallback", "ExitStatus", "RecordCallback", "RunningBackend"]
 
 _log = structlog.get_logger("gpuletd.backends")
 
-# "The group is empty" has no event to wait on; it is polled this often while stopping.
+# "Every member is gone" has no event to wait on; it is polled this often while stopping.
 _GROUP_POLL_S = 0.02
-# After the group is gone its output pipe hits EOF at once, unless a process that escaped the
-# group still holds it; then the rest of its output is not worth waiting for.
-_DRAIN_S = 0.5
 
 # The event loop keeps only weak references to tasks; these must finish even if nobody awaits.
 _background: set[asyncio.Task[Any]] = set()
@@ -44,8 +40,9 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
 class ExitStatus:
     """How a backend's main process ended."""
 
-    # asyncio's convention: negative means killed by that signal.
-    returncode: int
+    # asyncio's convention: negative means killed by that signal. None: the process was not
+    # our child (an adopted backend), so its exit code went to its parent, not to us.
+    returncode: int | None
     # True when the daemon asked it to stop; False is a crash the daemon must react to.
     expected: bool
 
@@ -54,95 +51,72 @@ class ExitStatus:
 
 
 ExitCallback = Callable[["RunningBackend", ExitStatus], None]
-
-
-class OutputPump(asyncio.Protocol):
-    """Feeds the read end of the backend's stdout+stderr pipe to the ring and the log file."""
-
-    def __init__(self, ring: LogRing, log_file: BinaryIO | None) -> None:
-        self._ring = ring
-        self._file = log_file
-        self.closed = asyncio.Event()
-
-    def data_received(self, data: bytes) -> None:
-        self._ring.feed(data)
-        if self._file is not None:
-            # A blocking write on the loop: it lands in the page cache and is tiny next to a
-            # model load; a full disk must not stop the backend, so the file is dropped.
-            try:
-                self._file.write(data)
-            except OSError as exc:
-                _log.warning("backend.log_file_failed", path=self._file.name, error=str(exc))
-                self._close_file()
-
-    def eof_received(self) -> bool | None:
-        self._ring.close()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._ring.close()
-        self._close_file()
-        self.closed.set()
-
-    def _close_file(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+RecordCallback = Callable[[BackendRecord], None]
 
 
 class RunningBackend:
-    """A started backend process and its process group. Made by `ProcessBackend.start`."""
+    """A backend process tree, spawned by `ProcessBackend.start` or found again by `adopt`."""
 
     def __init__(
         self,
+        record: BackendRecord,
+        handle: ProcessHandle,
         *,
-        model_id: str,
-        process: asyncio.subprocess.Process,
-        launch: Launch,
-        port: int,
-        gpu_uuids: tuple[str, ...],
-        ring: LogRing,
-        output: asyncio.ReadTransport,
-        pump: OutputPump,
-        log_path: Path | None,
         orphan_grace_s: float,
         kill_wait_s: float,
+        member_refresh_s: float = 1.0,
+        log_inode: int | None = None,
     ) -> None:
-        self.model_id = model_id
-        self.pid: int = process.pid
+        """`log_inode` names the log file this start wrote, should a later start rotate it."""
+        self.model_id = record.model_id
+        self.pid = record.pid
         # start_new_session made it the leader of its own session and process group.
-        self.pgid: int = process.pid
-        self.port = port
-        self.endpoint = launch.endpoint
-        self.health_url = launch.health_url
-        self.command = launch.command
-        self.gpu_uuids = gpu_uuids
-        self.log_path = log_path
-        self.started_at = time.monotonic()
+        self.pgid = record.pgid
+        self.port = record.port
+        self.endpoint = record.endpoint
+        self.health_url = record.health_url
+        self.command = record.command
+        self.gpu_uuids = record.gpu_uuids
+        self.log_path = record.log_path
+        self.log_offset = record.log_offset
+        # With the pid, this names the process for good within this boot.
+        self.process_start_time = record.start_time
+        self.adopted = not handle.is_child
+        # The monotonic clock does not survive a daemon: an adopted backend's spawn time is
+        # carried over from the wall clock of the record.
+        self.started_at = time.monotonic() - max(0.0, time.time() - record.spawned_at)
         self.healthy_at: float | None = None
         self.exited_at: float | None = None
-        # With the pid, this names the process for good; persisted later to re-adopt it.
-        self.process_start_time: int | None = process_start_time(self.pid)
-        self._process = process
-        self._ring = ring
-        self._output = output
-        self._pump = pump
+        self._record = record
+        self._healthy = record.healthy
+        self._handle = handle
+        self._log_inode = log_inode
         self._orphan_grace_s = orphan_grace_s
         self._kill_wait_s = kill_wait_s
+        self._member_refresh_s = member_refresh_s
+        self._members = Members(record.pid, record.start_time, record.pgid, record.members)
+        self._members_seen = self._members.version
         self._loop = asyncio.get_running_loop()
-        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._exited: asyncio.Future[int | None] = self._loop.create_future()
         self._exit_status: ExitStatus | None = None
         self._callbacks: list[ExitCallback] = []
+        self._record_callbacks: list[RecordCallback] = []
         self._stop_requested = False
         self._stop_task: asyncio.Task[None] | None = None
-        # Every process of the tree seen so far, pid -> start time. A worker that left the group
-        # (setsid) is found only while its parent lives, so it is remembered to be stopped too.
-        self._known: dict[int, int] = {}
-        if self.process_start_time is not None:
-            self._known[self.pid] = self.process_start_time
-        _spawn(self._watch_exit())
+        self._detached = False
+        self._watch_task = _spawn(self._watch_exit())
+        self._track_task = _spawn(self._track_members())
 
     # -- state ---------------------------------------------------------------------------
+
+    @property
+    def record(self) -> BackendRecord:
+        """What to persist to find this backend again: current members and health."""
+        return replace(self._record, healthy=self._healthy, members=self._members.pairs())
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
 
     @property
     def returncode(self) -> int | None:
@@ -161,19 +135,30 @@ class RunningBackend:
         """Spawn to first healthy answer: the measured load time the scheduler learns from."""
         return None if self.healthy_at is None else self.healthy_at - self.started_at
 
+    def mark_healthy(self) -> None:
+        """Its health URL answered 2xx (called by `ProcessBackend.wait_healthy`)."""
+        if self.healthy_at is None:
+            self.healthy_at = time.monotonic()
+        if not self._healthy:
+            self._healthy = True
+            self._record_changed()
+
     def log_tail(self, n: int = TAIL_IN_MESSAGE) -> list[str]:
-        """The last `n` lines the backend printed on stdout or stderr."""
-        return self._ring.tail(n)
+        """The last `n` lines this start of the backend wrote to its stdout or stderr."""
+        if self.log_path is None:
+            return []
+        return read_log_tail(self.log_path, self.log_offset, n, inode=self._log_inode)
 
     def pids(self) -> list[int]:
-        """The live processes of the backend (leader, descendants, group), for GPU accounting."""
+        """The live processes of the backend (leader, descendants, group, members that left
+        it), for GPU accounting. One pass over /proc."""
         if self._stop_task is not None and self._stop_task.done():
             return []  # all gone; the group id may even name someone else's group by now
-        root = None if self._exited.done() else self.pid
-        tree = process_tree(root, self.pgid)
-        for stat in tree:
-            self._known[stat.pid] = stat.starttime
-        return [stat.pid for stat in tree]
+        return self._scan()
+
+    def add_record_callback(self, callback: RecordCallback) -> None:
+        """Call `callback(record)` whenever the record changes (members found, healthy)."""
+        self._record_callbacks.append(callback)
 
     # -- exit ----------------------------------------------------------------------------
 
@@ -188,16 +173,23 @@ class RunningBackend:
         else:
             self._callbacks.append(callback)
 
-    async def wait_exit(self) -> int:
-        """Wait until the main process exits; its returncode (negative: killed by a signal)."""
+    async def wait_exit(self) -> int | None:
+        """Wait until the main process exits; its returncode (negative: killed by a signal;
+        None: not our child, unknown)."""
         # Shielded: a cancelled waiter must not cancel the future other waiters share.
         return await asyncio.shield(self._exited)
 
+    def detach(self) -> None:
+        """Stop watching the backend and leave it running, for a daemon that exits without
+        stopping it (a new daemon adopts it from its record). Use the object no more."""
+        self._detached = True
+        self._watch_task.cancel()
+        self._track_task.cancel()
+        self._handle.close()
+        _log.info("backend.detached", model=self.model_id, pid=self.pid)
+
     async def _watch_exit(self) -> None:
-        # Our own pipe (not asyncio's PIPE) carries the output, so the transport has no pipes
-        # and wait() returns when the process exits. With asyncio's pipes it would wait for
-        # EOF too, which never comes while a worker the backend forked still holds the pipe.
-        returncode = await self._process.wait()
+        returncode = await self._handle.wait()
         self.exited_at = time.monotonic()
         status = ExitStatus(returncode, expected=self.stop_requested)
         self._exit_status = status
@@ -224,10 +216,42 @@ class RunningBackend:
         except Exception:
             _log.exception("backend.exit_callback_failed", model=self.model_id)
 
+    # -- members -------------------------------------------------------------------------
+
+    async def _track_members(self) -> None:
+        # A worker that leaves the group (setsid) can be found only as a descendant, that is,
+        # only while its parent lives: scan often enough to see it before the parent dies.
+        while not self._exited.done():
+            self._scan()
+            await asyncio.wait((self._exited,), timeout=self._member_refresh_s)
+
+    def _scan(self) -> list[int]:
+        pids = self._members.scan()
+        self._check_members()
+        return pids
+
+    def _check_members(self) -> None:
+        if self._members.version != self._members_seen:
+            self._members_seen = self._members.version
+            _log.debug(
+                "backend.members_changed", model=self.model_id, members=self._members.pairs()
+            )
+            self._record_changed()
+
+    def _record_changed(self) -> None:
+        if not self._record_callbacks:
+            return
+        record = self.record
+        for callback in list(self._record_callbacks):
+            try:
+                callback(record)
+            except Exception:
+                _log.exception("backend.record_callback_failed", model=self.model_id)
+
     # -- stop ----------------------------------------------------------------------------
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the whole group, SIGKILL it after `grace_s`; return when it is gone.
+        """SIGTERM every member, SIGKILL them after `grace_s`; return when all are gone.
 
         Idempotent: later and concurrent calls join the first one (whose grace applies).
         Bounded: after SIGKILL it waits at most `kill_wait_s` more; a process stuck in the
@@ -238,9 +262,9 @@ class RunningBackend:
         await asyncio.shield(self._begin_stop(grace_s))
 
     def kill(self) -> None:
-        """SIGKILL the group now, without waiting: for paths that cannot await.
+        """SIGKILL every member now, without waiting: for paths that cannot await.
 
-        Outside a running event loop (an atexit hook) it only sends the signal.
+        Outside a running event loop (an atexit hook) it only sends the signals.
         """
         self._stop_requested = True
         self._signal(signal.SIGKILL)
@@ -255,31 +279,23 @@ class RunningBackend:
         return self._stop_task
 
     async def _stop(self, grace_s: float) -> None:
-        if not self._exited.done():
-            # Snapshot the tree while the leader lives: afterwards its escaped workers are
-            # reparented and can no longer be found from it.
-            self.pids()
         gone = grace_s > 0 and await self._signal_and_wait(signal.SIGTERM, grace_s)
         if not gone and not await self._signal_and_wait(signal.SIGKILL, self._kill_wait_s):
             _log.warning(
                 "backend.stop_incomplete",
                 model=self.model_id,
                 pgid=self.pgid,
-                pids=self._alive(),
+                pids=self._scan(),
                 waited_s=grace_s + self._kill_wait_s,
             )
-        # Every writer of the output pipe is gone now, so EOF is due; take the last lines.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._pump.closed.wait(), _DRAIN_S)
-        self._output.close()
         _log.info("backend.stopped", model=self.model_id, pid=self.pid)
 
     async def _signal_and_wait(self, sig: signal.Signals, timeout_s: float) -> bool:
-        """Send `sig` to the group (and to known escapees); True once all of them are gone."""
+        """Send `sig` to every member; True once all of them are gone."""
         self._signal(sig)
         deadline = time.monotonic() + timeout_s
         while True:
-            if self._exited.done() and not self._alive():
+            if self._exited.done() and not self._scan():
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -287,21 +303,11 @@ class RunningBackend:
             if self._exited.done():
                 await asyncio.sleep(min(_GROUP_POLL_S, remaining))
             else:
-                # The leader's exit is an event: wake at once, poll the group only after it.
+                # The leader's exit is an event: wake at once, poll the rest only after it.
                 await asyncio.wait((self._exited,), timeout=remaining)
 
     def _signal(self, sig: signal.Signals) -> None:
-        # ProcessLookupError: the group is empty. PermissionError: its id names someone else's
-        # group by now. Either way none of ours is left in it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pgid, sig)
-        for pid, starttime in list(self._known.items()):
-            stat = read_proc_stat(pid)
-            if stat is None or stat.starttime != starttime or stat.pgrp == self.pgid:
-                continue  # gone, a reused pid, or already signalled with the group
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-
-    def _alive(self) -> list[int]:
-        outside = [(pid, start) for pid, start in self._known.items() if pid != self.pid]
-        return alive_members(self.pgid, outside)
+        # Every signal goes through the members' (pid, start time) checks: never to a pid
+        # that was reused by someone else since we saw it.
+        self._members.signal(sig)
+        self._check_members()

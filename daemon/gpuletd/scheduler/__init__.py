@@ -3,6 +3,7 @@ decisions (queue, load, grant, evict, refuse). See `core` and docs/scheduling.md
 
 from __future__ import annotations
 
+from gpuletd.scheduler.codec import SnapshotError
 from gpuletd.scheduler.core import Scheduler
 from gpuletd.scheduler.decisions import (
     Decision,
@@ -23,14 +24,16 @@ from gpuletd.scheduler.decisions import (
     StopBackend,
     StopReason,
 )
+from gpuletd.scheduler.events import PolicyEvents, SchedulerEvents
 from gpuletd.scheduler.invariants import check_invariants
-from gpuletd.scheduler.state import Tuning
+from gpuletd.scheduler.state import Inherited, Tuning
 from gpuletd.scheduler.views import GpuView, LeaseView, ModelView, QueueEntry
 
 __all__ = [
     "Decision",
     "GpuView",
     "Granted",
+    "Inherited",
     "LeaseEndReason",
     "LeaseEnded",
     "LeaseRefused",
@@ -39,6 +42,7 @@ __all__ = [
     "ModelState",
     "ModelStateChanged",
     "ModelView",
+    "PolicyEvents",
     "PreloadSkipped",
     "QueueEntry",
     "Queued",
@@ -47,6 +51,8 @@ __all__ = [
     "Rejected",
     "Renewed",
     "Scheduler",
+    "SchedulerEvents",
+    "SnapshotError",
     "StartBackend",
     "StopBackend",
     "StopReason",

@@ -84,6 +84,11 @@ class StopReason(enum.Enum):
     LOAD_TIMEOUT = "load_timeout"
     # Healthy, but its measured memory does not fit where it was placed.
     TOO_LARGE = "too_large"
+    # Its model was removed from the registry or redefined by a reconfigure, and its last lease
+    # ended (a redefined model is loaded again under its new definition once this is gone).
+    RETIRED = "retired"
+    # Idle, stopped because a reconfigure left more loaded than the new profile allows.
+    RECONFIGURED = "reconfigured"
 
 
 @dataclass(frozen=True)
@@ -127,11 +132,21 @@ class StopBackend:
 
 @dataclass(frozen=True)
 class Granted:
+    """A lease, with everything its consumers (the client's answer, the store, Watch) need
+    without asking the core again."""
+
     lease_id: str
     model_id: str
     gpu_uuids: tuple[str, ...]
     expires_at: float
     exclusive: bool
+    # Who asked (the request's client name), when it was granted and for how long.
+    client: str = ""
+    granted_at: float = 0.0
+    ttl_s: float = 0.0
+    # Where the model's backend answers: what the shell gave load_succeeded, else the
+    # registry's endpoint, else "" (a reservation backend has none).
+    endpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,6 +154,8 @@ class Renewed:
     lease_id: str
     model_id: str
     expires_at: float
+    # The lease's ttl from now on (a renew may change it).
+    ttl_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,14 @@ class ReuseEstimator:
                 self._mean_gap = a * gap + (1 - a) * self._mean_gap
         self._last_at = now if self._last_at is None else max(self._last_at, now)
 
+    def state(self) -> tuple[float | None, float | None, float]:
+        """What it has learnt: (last request time, smoothed gap, smoothed deviation)."""
+        return self._last_at, self._mean_gap, self._mean_dev
+
+    def set_state(self, last_at: float | None, mean_gap: float | None, mean_dev: float) -> None:
+        """Resume from `state()` (after a restart; times already on the new clock)."""
+        self._last_at, self._mean_gap, self._mean_dev = last_at, mean_gap, mean_dev
+
     def seconds_to_next(self, now: float) -> float:
         if self._last_at is None:
             return self._unknown_s

@@ -2,19 +2,33 @@
 
 Used after every step of the property tests; cheap enough for the daemon to run in debug
 mode after every event. Returns the violations as sentences (empty: all is well).
+
+The limits are strict: reserved memory within the profile's `max_vram_mb` and every GPU's
+total - headroom, models holding memory within `max_concurrent_models`. One exception: a
+reconfigure (or a restore) to a profile that no longer fits what is loaded leaves more in use
+than the new limits allow, and the core drains it without stopping anything leased or loading.
+`Scheduler.inherited` then holds ceilings that started at what was in use when the profile
+shrank and only go down (to the profile's limits, where the record is dropped); while it
+exists the checks hold the core to those ceilings instead. Every load started after the
+reconfigure is within the new limits (admission counts what already holds memory), so the
+ceilings are never raised.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gpuletd.scheduler.decisions import ModelState
-from gpuletd.scheduler.views import SchedulerViews
+
+if TYPE_CHECKING:
+    from gpuletd.scheduler.core import Scheduler
 
 __all__ = ["check_invariants"]
 
 _HOLDING = (ModelState.LOADING, ModelState.LOADED, ModelState.UNLOADING)
 
 
-def check_invariants(scheduler: SchedulerViews) -> list[str]:
+def check_invariants(scheduler: Scheduler) -> list[str]:
     s = scheduler
     p = s.profile
     bad: list[str] = []
@@ -22,21 +36,29 @@ def check_invariants(scheduler: SchedulerViews) -> list[str]:
     leases = s.leases()
     queue = s.queue()
     holding = [m for m in models.values() if m.state in _HOLDING]
+    inh = s.inherited
+    budget = p.max_vram_mb if inh is None else max(p.max_vram_mb, inh.vram_mb)
+    count = p.max_concurrent_models if inh is None else max(p.max_concurrent_models, inh.models)
 
     # Budget and concurrency.
     reserved = sum(m.reserved_mb for m in holding)
-    if reserved > p.max_vram_mb:
-        bad.append(f"reserved {reserved} MiB > profile budget {p.max_vram_mb} MiB")
-    if len(holding) > p.max_concurrent_models:
+    if reserved > budget:
+        bad.append(f"reserved {reserved} MiB > profile budget {budget} MiB")
+    if len(holding) > count:
         names = ", ".join(m.model_id for m in holding)
-        bad.append(f"{len(holding)} models hold memory ({names}) > {p.max_concurrent_models}")
+        bad.append(f"{len(holding)} models hold memory ({names}) > {count}")
+    if inh is not None and (
+        inh.vram_mb <= p.max_vram_mb and inh.models <= p.max_concurrent_models and not inh.gpu_mb
+    ):
+        bad.append("an inherited ceiling is kept although the profile's limits hold")
 
     # Per GPU.
     for g in s.gpus():
-        if g.total_mb is not None and g.reserved_mb > g.total_mb - g.headroom_mb:
-            bad.append(
-                f"GPU {g.index}: reserved {g.reserved_mb} MiB > {g.total_mb} - {g.headroom_mb}"
-            )
+        cap = None if g.total_mb is None else g.total_mb - g.headroom_mb
+        if cap is not None and inh is not None:
+            cap = max(cap, inh.gpu_mb.get(g.uuid, cap))
+        if cap is not None and g.reserved_mb > cap:
+            bad.append(f"GPU {g.index}: reserved {g.reserved_mb} MiB > usable {cap} MiB")
         on_gpu = sum(
             mb
             for m in holding

@@ -31,6 +31,8 @@ class PendingRequest:
     # Opaque to the core: what the shell checks a renew/release against (a token digest).
     # Kept with the lease so that lease state has one owner (and one place to persist).
     secret: str = ""
+    # Seconds its caller has to claim the grant (see LeaseRecord.claim_by); None: no claim.
+    claim_within_s: float | None = None
     # Delaying bypasses suffered while this request was the blocked head (bounded by the
     # scheduler's bypass limit).
     bypassed: int = 0

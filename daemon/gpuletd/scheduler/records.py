@@ -1,8 +1,8 @@
-"""The scheduler's mutable state: one record per model, per GPU and per lease.
+"""The scheduler's mutable records: one per model instance, per GPU and per lease.
 
 These are the core's private bookkeeping; the daemon reads the frozen views in `views.py`.
-Lease and backend state live here, in one owner, so that persisting them later is a matter
-of writing these records out, not of finding them.
+Lease and backend state live here, in one owner, so that persisting them is a matter of
+writing these records out (`snapshot.py`), not of finding them.
 """
 
 from __future__ import annotations
@@ -46,6 +46,12 @@ class ModelRecord:
     streak_at_success: int = 0
     # A preloaded model (concurrent_full): never unloaded for idleness, evictable under pressure.
     keep_warm: bool = False
+    # Where its backend answers, as the shell reported at load_succeeded; kept while it holds
+    # memory so that every grant can carry it.
+    endpoint: str = ""
+    # Non-empty for a *retired* instance: its model was removed from the registry or redefined
+    # by a reconfigure. It serves its holders, takes no new lease, and stops once unleased.
+    retired: str = ""
 
     @property
     def reservation_mb(self) -> int:
@@ -92,3 +98,6 @@ class LeaseRecord:
     expires_at: float
     ttl_s: float
     secret: str = ""
+    # Until its caller claims it (a first renew or its release): a grant never claimed by
+    # then never reached its caller, and ends. None: claimed, or no claim was asked for.
+    claim_by: float | None = None

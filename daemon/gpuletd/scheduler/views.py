@@ -1,17 +1,28 @@
 """Read-only snapshots of the scheduler's state, for the daemon (ListLeases, `gpulet models`,
-GetGpuStatus, metrics) and for the invariant checks."""
+GetGpuStatus, metrics) and for the invariant checks. Frozen values, never the live records."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from gpuletd.probe.types import GpuState
-from gpuletd.profiles import Profile
+from gpuletd.scheduler.accounting import available_now, grace_due, held_on
 from gpuletd.scheduler.decisions import ModelState
 from gpuletd.scheduler.records import LeaseRecord, ModelRecord
-from gpuletd.scheduler.state import SchedulerState
+from gpuletd.scheduler.state import State, instances
 
-__all__ = ["GpuView", "LeaseView", "ModelView", "QueueEntry", "SchedulerViews"]
+__all__ = [
+    "GpuView",
+    "LeaseView",
+    "ModelView",
+    "QueueEntry",
+    "gpu_views",
+    "lease_view",
+    "model_view",
+    "model_views",
+    "queue_entries",
+    "waiting_count",
+]
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,12 @@ class ModelView:
     # No load is started before this time (backoff after failures); None when not backing off.
     backoff_until: float | None
     last_error: str
+    # Where its backend answers (from load_succeeded, else the registry's); "" when it holds
+    # no memory or none is known.
+    endpoint: str = ""
+    # Why this instance is retired (removed from the registry or redefined by a reconfigure):
+    # it serves its holders, takes no new lease and stops once unleased. "" for a live model.
+    retired: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,137 +109,106 @@ class GpuView:
     models: tuple[str, ...]
 
 
-class SchedulerViews(SchedulerState):
-    """The read-only side of the scheduler: frozen snapshots, never the live records."""
+def model_view(st: State, r: ModelRecord) -> ModelView:
+    return ModelView(
+        model_id=r.model.id,
+        state=r.state,
+        gpu_uuids=r.gpu_uuids,
+        gpu_reservations_mb=tuple(r.shares.get(u, 0) for u in r.gpu_uuids),
+        reserved_mb=r.reserved_mb,
+        reservation_mb=r.reservation_mb,
+        measured_mb=r.measured_mb,
+        lease_count=len(r.leases),
+        waiters=tuple(r.waiters),
+        idle_since=r.idle_since if r.state is ModelState.LOADED and not r.leases else None,
+        grace_until=grace_due(st, r),
+        keep_warm=r.keep_warm,
+        load_seconds=r.load_seconds,
+        consecutive_failures=r.consecutive_failures,
+        backoff_until=r.backoff_until if r.backoff_until > st.now else None,
+        last_error=r.last_error,
+        endpoint=r.endpoint,
+        retired=r.retired,
+    )
 
-    @property
-    def profile(self) -> Profile:
-        return self._profile
 
-    @property
-    def now(self) -> float:
-        """The latest time the core has been given."""
-        return self._now
+def model_views(st: State) -> dict[str, ModelView]:
+    """One view per model id: the instance that holds memory and leases (a retired one while
+    it exists: a redefined model's new instance has nothing to show until it is gone)."""
+    views = {mid: model_view(st, r) for mid, r in st.models.items()}
+    for mid, r in st.retired.items():
+        views[mid] = model_view(st, r)
+    return views
 
-    @property
-    def queue_limit(self) -> int:
-        return self._queue_limit
 
-    @property
-    def bypass_limit(self) -> int:
-        return self._tuning.bypass_limit
+def lease_view(le: LeaseRecord) -> LeaseView:
+    return LeaseView(
+        lease_id=le.lease_id,
+        model_id=le.model_id,
+        client=le.client,
+        priority=le.priority,
+        exclusive=le.exclusive,
+        gpu_uuids=le.gpu_uuids,
+        granted_at=le.granted_at,
+        expires_at=le.expires_at,
+        ttl_s=le.ttl_s,
+    )
 
-    def model(self, model_id: str) -> ModelView | None:
-        rec = self._models.get(model_id)
-        return None if rec is None else self._model_view(rec)
 
-    def models(self) -> dict[str, ModelView]:
-        return {mid: self._model_view(r) for mid, r in self._models.items()}
+def waiting_count(st: State) -> int:
+    """Requests waiting for their turn: O(n), no ordering (asked on every Queued update)."""
+    return sum(1 for r in st.queue if not r.joined)
 
-    def _model_view(self, r: ModelRecord) -> ModelView:
-        return ModelView(
-            model_id=r.model.id,
-            state=r.state,
-            gpu_uuids=r.gpu_uuids,
-            gpu_reservations_mb=tuple(r.shares.get(u, 0) for u in r.gpu_uuids),
-            reserved_mb=r.reserved_mb,
-            reservation_mb=r.reservation_mb,
-            measured_mb=r.measured_mb,
-            lease_count=len(r.leases),
-            waiters=tuple(r.waiters),
-            idle_since=r.idle_since if r.state is ModelState.LOADED and not r.leases else None,
-            grace_until=self._grace_due(r),
-            keep_warm=r.keep_warm,
-            load_seconds=r.load_seconds,
-            consecutive_failures=r.consecutive_failures,
-            backoff_until=r.backoff_until if r.backoff_until > self._now else None,
-            last_error=r.last_error,
+
+def queue_entries(st: State) -> list[QueueEntry]:
+    """Every pending request: those with a turn first, in turn order, then those waiting on a
+    load, in arrival order."""
+    q = st.queue
+    ordered = q.ordered(st.now)
+    joined = [r for r in q if r.joined]
+    return [
+        QueueEntry(
+            request_id=r.request_id,
+            model_id=r.model_id,
+            client=r.client,
+            priority=r.priority,
+            effective_priority=q.effective_priority(r, st.now),
+            exclusive=r.exclusive,
+            arrived_at=r.arrived_at,
+            deadline=r.deadline,
+            position=None if r.joined else i + 1,
+            seq=r.seq,
+            bypassed=r.bypassed,
         )
+        for i, r in enumerate([*ordered, *joined])
+    ]
 
-    def leases(self) -> list[LeaseView]:
-        return [self._lease_view(le) for le in self._leases.values()]
 
-    def lease(self, lease_id: str) -> LeaseView | None:
-        le = self._leases.get(lease_id)
-        return None if le is None else self._lease_view(le)
-
-    def waiting_count(self) -> int:
-        """Requests waiting for their turn: O(n), no ordering (asked on every Queued update)."""
-        return sum(1 for r in self._queue if not r.joined)
-
-    def lease_secret(self, lease_id: str) -> str | None:
-        """The opaque secret given with the request of a live lease (never in a view)."""
-        le = self._leases.get(lease_id)
-        return None if le is None else le.secret
-
-    @staticmethod
-    def _lease_view(le: LeaseRecord) -> LeaseView:
-        return LeaseView(
-            lease_id=le.lease_id,
-            model_id=le.model_id,
-            client=le.client,
-            priority=le.priority,
-            exclusive=le.exclusive,
-            gpu_uuids=le.gpu_uuids,
-            granted_at=le.granted_at,
-            expires_at=le.expires_at,
-            ttl_s=le.ttl_s,
-        )
-
-    def queue(self) -> list[QueueEntry]:
-        """Every pending request: those with a turn first, in turn order, then those waiting
-        on a load, in arrival order."""
-        ordered = self._queue.ordered(self._now)
-        joined = [r for r in self._queue if r.joined]
-        return [
-            QueueEntry(
-                request_id=r.request_id,
-                model_id=r.model_id,
-                client=r.client,
-                priority=r.priority,
-                effective_priority=self._queue.effective_priority(r, self._now),
-                exclusive=r.exclusive,
-                arrived_at=r.arrived_at,
-                deadline=r.deadline,
-                position=None if r.joined else i + 1,
-                seq=r.seq,
-                bypassed=r.bypassed,
-            )
-            for i, r in enumerate([*ordered, *joined])
+def gpu_views(st: State) -> list[GpuView]:
+    views = []
+    for u, g in st.gpus.items():
+        usable = not g.lost and g.total_mb is not None
+        loading = [
+            r.model.id for r in instances(st) if r.state is ModelState.LOADING and u in r.gpu_uuids
         ]
-
-    def reserved_mb_by_gpu(self) -> dict[str, int]:
-        return {u: self._held_on(u) for u in self._gpus}
-
-    def gpus(self) -> list[GpuView]:
-        views = []
-        for u, g in self._gpus.items():
-            usable = not g.lost and g.total_mb is not None
-            loading = [
-                r.model.id
-                for r in self._models.values()
-                if r.state is ModelState.LOADING and u in r.gpu_uuids
-            ]
-            views.append(
-                GpuView(
-                    uuid=u,
-                    index=g.index,
-                    name=g.name,
-                    total_mb=g.total_mb,
-                    headroom_mb=self._profile.headroom_mb,
-                    state=g.state,
-                    lost=g.lost,
-                    reserved_mb=self._held_on(u),
-                    pending_free_mb=sum(p.mb for p in g.pending),
-                    foreign_mb=g.foreign_mb,
-                    available_mb=max(0, self._available_now(g)) if usable else 0,
-                    live_free_mb=g.free_mb,
-                    loading_model=loading[0] if loading else None,
-                    models=tuple(
-                        r.model.id
-                        for r in self._models.values()
-                        if r.holds_memory and u in r.gpu_uuids
-                    ),
-                )
+        views.append(
+            GpuView(
+                uuid=u,
+                index=g.index,
+                name=g.name,
+                total_mb=g.total_mb,
+                headroom_mb=st.profile.headroom_mb,
+                state=g.state,
+                lost=g.lost,
+                reserved_mb=held_on(st, u),
+                pending_free_mb=sum(p.mb for p in g.pending),
+                foreign_mb=g.foreign_mb,
+                available_mb=max(0, available_now(st, g)) if usable else 0,
+                live_free_mb=g.free_mb,
+                loading_model=loading[0] if loading else None,
+                models=tuple(
+                    r.model.id for r in instances(st) if r.holds_memory and u in r.gpu_uuids
+                ),
             )
-        return views
+        )
+    return views

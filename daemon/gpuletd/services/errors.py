@@ -9,7 +9,9 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-__all__ = ["DOMAIN", "abort"]
+from gpuletd.leases import LeaseFailed
+
+__all__ = ["DOMAIN", "abort", "fail"]
 
 DOMAIN = "gpulet.dev"
 
@@ -30,3 +32,9 @@ async def abort(
     )
     await context.abort(code, message, trailing_metadata=status.trailing_metadata)
     raise AssertionError("unreachable: context.abort raises")
+
+
+async def fail(context: grpc.aio.ServicerContext[Any, Any], e: LeaseFailed) -> NoReturn:
+    """The lease API's refusals, as the status code and ErrorInfo they name."""
+    meta = {"field": e.field} if e.field else {}
+    await abort(context, grpc.StatusCode[e.code], e.reason, e.message, **meta)

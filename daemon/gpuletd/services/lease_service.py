@@ -1,8 +1,9 @@
-"""LeaseService: Acquire / Renew / Release / ListLeases / Watch over the broker."""
+"""LeaseService: Acquire / Renew / Release / ListLeases / Watch, converted to and from the
+lease API (`gpuletd.leases`) and the watch sink; no logic of its own beyond the wire."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -10,10 +11,11 @@ from google.protobuf import timestamp_pb2
 
 from gpulet.v1 import leases_pb2 as pb
 from gpulet.v1 import leases_pb2_grpc
-from gpuletd.broker import Broker, LeaseEvent, LeaseFailed, LeaseInfo
-from gpuletd.scheduler.decisions import Loading, ModelStateChanged, Queued
+from gpuletd.leases import LeaseFailed, LeaseInfo, LeaseManager
+from gpuletd.scheduler import Loading, ModelStateChanged, Queued
 from gpuletd.services.convert import model_state_pb
-from gpuletd.services.errors import abort
+from gpuletd.services.errors import fail
+from gpuletd.watch import LeaseEvent, WatchSink
 
 __all__ = ["LeaseService", "lease_pb"]
 
@@ -50,26 +52,23 @@ def lease_pb(x: LeaseInfo) -> pb.Lease:
     )
 
 
-async def _fail(context: Context, e: LeaseFailed) -> None:
-    meta = {"field": e.field} if e.field else {}
-    await abort(context, grpc.StatusCode[e.code], e.reason, e.message, **meta)
-
-
 class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
-    def __init__(self, broker: Broker) -> None:
-        self._broker = broker
+    def __init__(self, leases: LeaseManager, watch: WatchSink) -> None:
+        self._leases = leases
+        self._watch = watch
 
     async def Acquire(
         self, request: pb.AcquireRequest, context: Context
     ) -> AsyncIterator[pb.AcquireResponse]:
         remaining = context.time_remaining()
-        updates = self._broker.acquire(
+        updates = self._leases.acquire(
             model_id=request.model_id,
             role=request.role,
             client=request.client_name,
             ttl_s=request.ttl_seconds,
             priority=request.priority,
             exclusive=request.exclusive,
+            claim_within_s=request.claim_within_seconds,
             # The call's own deadline bounds the wait in the queue.
             timeout_s=remaining if remaining is not None and remaining < 1e9 else None,
         )
@@ -78,7 +77,7 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
                 if isinstance(u, Queued):
                     yield pb.AcquireResponse(
                         queued=pb.Queued(
-                            position=u.position, queue_length=self._broker.queue_length()
+                            position=u.position, queue_length=self._leases.queue_length()
                         )
                     )
                 elif isinstance(u, Loading):
@@ -86,35 +85,47 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
                         loading=pb.Loading(model_id=u.model_id, gpu_uuids=list(u.gpu_uuids))
                     )
                 else:
+                    # Only a call that ends OK delivered its grant: one cancelled, or past its
+                    # deadline, after the grant was written leaves a lease nobody holds.
+                    # (The stubs type the callback as a class no function can match.)
+                    done = self._abandon_if_cancelled(u.lease_id)
+                    context.add_done_callback(done)  # type: ignore[arg-type]
                     yield pb.AcquireResponse(granted=lease_pb(u))
         except LeaseFailed as e:
-            await _fail(context, e)
+            await fail(context, e)
         finally:
             await updates.aclose()
 
+    def _abandon_if_cancelled(self, lease_id: str) -> Callable[[Context], None]:
+        def done(context: Context) -> None:
+            if context.cancelled():
+                self._leases.abandon(lease_id)
+
+        return done
+
     async def Renew(self, request: pb.RenewRequest, context: Context) -> pb.RenewResponse:
         try:
-            info = self._broker.renew(request.lease_id, request.token, request.ttl_seconds)
+            info = self._leases.renew(request.lease_id, request.token, request.ttl_seconds)
         except LeaseFailed as e:
-            await _fail(context, e)
+            await fail(context, e)
         return pb.RenewResponse(lease=lease_pb(info))
 
     async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:
         try:
-            self._broker.release(request.lease_id, request.token)
+            self._leases.release(request.lease_id, request.token)
         except LeaseFailed as e:
-            await _fail(context, e)
+            await fail(context, e)
         return pb.ReleaseResponse()
 
     async def ListLeases(
         self, request: pb.ListLeasesRequest, context: Context
     ) -> pb.ListLeasesResponse:
-        return pb.ListLeasesResponse(leases=[lease_pb(x) for x in self._broker.leases()])
+        return pb.ListLeasesResponse(leases=[lease_pb(x) for x in self._leases.leases()])
 
     async def Watch(
         self, request: pb.WatchRequest, context: Context
     ) -> AsyncIterator[pb.WatchResponse]:
-        events = self._broker.watch()
+        events = self._watch.subscribe()
         try:
             async for ev in events:
                 now = timestamp_pb2.Timestamp()
@@ -139,6 +150,6 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
                         ),
                     )
         except LeaseFailed as e:
-            await _fail(context, e)
+            await fail(context, e)
         finally:
             await events.aclose()

@@ -9,10 +9,11 @@ import grpc
 from gpulet.v1 import profiles_pb2 as pb
 from gpulet.v1 import profiles_pb2_grpc
 from gpuletd.active_profile import ProfileSource
-from gpuletd.broker import Broker
 from gpuletd.runtime import Runtime
+from gpuletd.scheduler import Scheduler
 from gpuletd.services.convert import gpu_pb, profile_pb
 from gpuletd.services.errors import abort
+from gpuletd.supervisor import Supervisor
 
 __all__ = ["ProfileService"]
 
@@ -28,9 +29,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class ProfileService(profiles_pb2_grpc.ProfileServiceServicer):
-    def __init__(self, runtime: Runtime, broker: Broker) -> None:
+    def __init__(self, runtime: Runtime, core: Scheduler, supervisor: Supervisor) -> None:
         self._rt = runtime
-        self._broker = broker
+        self._core = core
+        self._supervisor = supervisor
 
     async def GetActiveProfile(
         self, request: pb.GetActiveProfileRequest, context: Context
@@ -43,7 +45,7 @@ class ProfileService(profiles_pb2_grpc.ProfileServiceServicer):
             gpus=[gpu_pb(g) for g in self._rt.gpus],
             usable_vram_mb=a.usable_vram_mb,
             available_profiles=sorted(self._rt.config.profiles),
-            warnings=list(a.warnings),
+            warnings=list(self._rt.warnings),
             probe=self._rt.poller.kind,
             overrides=list(a.overrides),
         )
@@ -85,8 +87,11 @@ class ProfileService(profiles_pb2_grpc.ProfileServiceServicer):
     async def GetGpuStatus(
         self, request: pb.GetGpuStatusRequest, context: Context
     ) -> pb.GetGpuStatusResponse:
-        placed = self._broker.placed_by_gpu()
-        managed = self._broker.managed_pids()
+        placed: dict[str, dict[str, int]] = {}
+        for mid, v in self._core.models().items():
+            for uuid, mb in zip(v.gpu_uuids, v.gpu_reservations_mb, strict=False):
+                placed.setdefault(uuid, {})[mid] = mb
+        managed = self._supervisor.pids()
         gpus = []
         for g in self._rt.gpus:
             procs = await self._rt.poller.processes(g.uuid) if request.include_processes else ()

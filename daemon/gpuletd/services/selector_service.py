@@ -9,8 +9,8 @@ import grpc
 
 from gpulet.v1 import selector_pb2 as pb
 from gpulet.v1 import selector_pb2_grpc
-from gpuletd.broker import Broker
 from gpuletd.runtime import Runtime
+from gpuletd.scheduler import ModelView, Scheduler
 from gpuletd.selector import ExplainStatus, InvalidTopN, UnknownRole, explain, select
 from gpuletd.services.convert import bias_pb, model_pb
 from gpuletd.services.errors import abort
@@ -39,10 +39,14 @@ async def _require(context: Context, field: str, value: str) -> None:
         )
 
 
+def _endpoint(view: ModelView | None) -> str:
+    return view.endpoint if view is not None else ""
+
+
 class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
-    def __init__(self, runtime: Runtime, broker: Broker) -> None:
+    def __init__(self, runtime: Runtime, core: Scheduler) -> None:
         self._rt = runtime
-        self._broker = broker
+        self._core = core
 
     async def SelectByRole(
         self, request: pb.SelectByRoleRequest, context: Context
@@ -96,11 +100,11 @@ class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
-        views = self._broker.models()
+        views = self._core.models()
         now = time.monotonic()
         return pb.ListModelsResponse(
             models=[
-                model_pb(m, views.get(m.id), endpoint=self._broker.endpoint(m.id), now=now)
+                model_pb(m, views.get(m.id), endpoint=_endpoint(views.get(m.id)), now=now)
                 for m in self._rt.registry.models.values()
             ]
         )

@@ -1,0 +1,172 @@
+"""The executor: the one place where events reach the scheduler core and its decisions leave it.
+
+Every event — a request, a release, a backend outcome, a probe reading, the clock, a
+reconfiguration — is one call into the core on the event loop's thread, so a grant and an
+eviction are always decided one after the other. The decisions of that call then go, in order,
+through each sink (`Sink`): the store first (state is on disk before anything acts on it), then
+the supervisor (processes), then the watch hub, the log, and last the waiting Acquire streams.
+Nothing below calls back up: backend outcomes and probe readings come back here as events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, assert_never
+
+import structlog
+
+from gpuletd.probe.types import GpuSnapshot
+from gpuletd.scheduler import Decision, Scheduler, check_invariants
+
+__all__ = [
+    "BackendDied",
+    "BackendOutcome",
+    "Clock",
+    "Executor",
+    "LoadFailed",
+    "Loaded",
+    "Sink",
+    "Unloaded",
+]
+
+log = structlog.get_logger(__name__)
+
+# One call into the core: it gets the core and the current monotonic time.
+Event = Callable[[Scheduler, float], list[Decision]]
+
+
+class Sink(Protocol):
+    """Carries out (or records) a batch of decisions; must not call into the core."""
+
+    def apply(self, decisions: Sequence[Decision]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model_id: str
+    measured_mb: int | None
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    model_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BackendDied:
+    model_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unloaded:
+    model_id: str
+
+
+# What the supervisor reports back: each answers exactly one StartBackend or StopBackend.
+BackendOutcome = Loaded | LoadFailed | BackendDied | Unloaded
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Monotonic time for the core; the wall clock only to show times to people."""
+
+    mono: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+
+    def to_wall(self, mono: float) -> float:
+        return mono + (self.wall() - self.mono())
+
+
+class Executor:
+    def __init__(
+        self,
+        core: Scheduler,
+        *,
+        clock: Clock | None = None,
+        check: bool = False,
+    ) -> None:
+        self.core = core
+        self.clock = clock or Clock()
+        self._sinks: list[Sink] = []
+        self._check = check
+        self._kick = asyncio.Event()
+        self._timer: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    def add_sink(self, sink: Sink) -> None:
+        """Sinks run in the order they were added (the store first)."""
+        self._sinks.append(sink)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def feed(self, event: Event) -> list[Decision]:
+        """Run one event through the core and its decisions through every sink."""
+        decisions = event(self.core, self.clock.mono())
+        self._dispatch(decisions)
+        return decisions
+
+    def backend_outcome(self, o: BackendOutcome) -> None:
+        match o:
+            case Loaded(mid, mb, endpoint):
+                self.feed(
+                    lambda c, now: c.load_succeeded(mid, now=now, measured_mb=mb, endpoint=endpoint)
+                )
+            case LoadFailed(mid, reason):
+                self.feed(lambda c, now: c.load_failed(mid, reason, now=now))
+            case BackendDied(mid, reason):
+                self.feed(lambda c, now: c.backend_died(mid, reason, now=now))
+            case Unloaded(mid):
+                self.feed(lambda c, now: c.unload_finished(mid, now=now))
+            case _:
+                assert_never(o)
+
+    def probe(self, readings: list[GpuSnapshot]) -> None:
+        if not self._stopped:
+            self.feed(lambda c, now: c.probe(readings, now=now))
+
+    def _dispatch(self, decisions: Sequence[Decision]) -> None:
+        for sink in self._sinks:
+            sink.apply(decisions)
+        if self._check and (problems := check_invariants(self.core)):
+            # Debug aid for tests and load runs: the core broke a promise.
+            log.error("scheduler.invariant_violated", problems=problems)
+        self._kick.set()
+
+    # -- the clock ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.feed(lambda c, now: c.start(now))
+        self._timer = asyncio.create_task(self._run_timer(), name="scheduler-timer")
+
+    async def stop(self) -> None:
+        """No more timer events (expiries, grace unloads) from now on."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            await asyncio.gather(self._timer, return_exceptions=True)
+
+    async def _run_timer(self) -> None:
+        while True:
+            self._kick.clear()
+            try:
+                wake = self.core.next_wakeup()
+                now = self.clock.mono()
+                if wake is not None and wake <= now:
+                    self.feed(lambda c, t: c.tick(t))
+                    await asyncio.sleep(0)
+                    continue
+            except Exception:
+                # Expiries and unloads depend on this loop: log and keep it alive.
+                log.exception("scheduler.tick_failed")
+                await asyncio.sleep(0.1)
+                continue
+            delay = None if wake is None else wake - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), delay)

@@ -1,0 +1,90 @@
+"""What the clock makes due: lease expiry, request deadlines, load timeouts, settled memory and
+grace-period unloads. Every event first runs `advance`; `next_wakeup` tells the shell when
+the next of these falls due, so a grace unload or an expiry happens within a timer's precision
+of its due time."""
+
+from __future__ import annotations
+
+from gpuletd.scheduler.accounting import autostart_s, grace_due, grace_s, load_due
+from gpuletd.scheduler.decisions import (
+    Decision,
+    LeaseEndReason,
+    ModelState,
+    RejectCode,
+    RejectReason,
+    StopReason,
+)
+from gpuletd.scheduler.state import State, instances
+from gpuletd.scheduler.transitions import end_lease, fail_waiters, note_failure, refuse, stop
+
+__all__ = ["advance", "next_wakeup"]
+
+
+def advance(st: State) -> list[Decision]:
+    """Do what is due at `st.now`, before the event that brought the clock there."""
+    now = st.now
+    out: list[Decision] = []
+    for lease in sorted(st.leases.values(), key=lambda le: (le.expires_at, le.lease_id)):
+        if lease.claim_by is not None and lease.claim_by <= now and lease.expires_at > now:
+            message = (
+                f"not claimed within {lease.claim_by - lease.granted_at:g} s of its grant: "
+                "its caller never received it"
+            )
+            end_lease(st, lease, LeaseEndReason.CANCELLED, message, out)
+        elif lease.expires_at <= now:
+            # The core's clock is monotonic: a timestamp would mean nothing to a person.
+            message = f"not renewed within its TTL of {lease.ttl_s:g} s"
+            end_lease(st, lease, LeaseEndReason.EXPIRED, message, out)
+    for req in st.queue:
+        if req.deadline is not None and req.deadline <= now:
+            where = "waiting on its load" if req.joined else f"at position {req.position}"
+            message = (
+                f"deadline passed after {now - req.arrived_at:.1f} s {where} for "
+                f"model {req.model_id}"
+            )
+            refuse(st, req, RejectCode.DEADLINE_EXCEEDED, RejectReason.DEADLINE, message, out)
+    for rec in instances(st):
+        due = load_due(st, rec)
+        if due is not None and now >= due:
+            message = (
+                f"model {rec.model.id} did not become healthy within {autostart_s(st, rec):g} s"
+            )
+            fail_waiters(st, rec, message, out)
+            note_failure(st, rec, message)
+            rec.after_unload = ModelState.FAILED
+            stop(st, rec, StopReason.LOAD_TIMEOUT, message, out)
+    settle = st.tuning.memory_settle_s
+    for g in st.gpus.values():
+        g.pending = [p for p in g.pending if p.at + settle > now]
+    for rec in instances(st):
+        due = grace_due(st, rec)
+        if due is not None and now >= due:
+            message = f"idle for {grace_s(st, rec):g} s (grace period)"
+            stop(st, rec, StopReason.GRACE_EXPIRED, message, out)
+    return out
+
+
+def next_wakeup(st: State) -> float | None:
+    """The earliest time at which `tick` would do something; None when nothing is timed.
+    The shell sleeps until then (or until the next event)."""
+    times: list[float] = [le.expires_at for le in st.leases.values()]
+    times.extend(le.claim_by for le in st.leases.values() if le.claim_by is not None)
+    wanted = set()
+    for q in st.queue:
+        if q.deadline is not None:
+            times.append(q.deadline)
+        if not q.joined:
+            wanted.add(q.model_id)
+    for r in instances(st):
+        for t in (load_due(st, r), grace_due(st, r)):
+            if t is not None:
+                times.append(t)
+        if r.backoff_until > st.now and (r.model.id in wanted or r.model.id in st.preload_wanted):
+            times.append(r.backoff_until)
+    settle = st.tuning.memory_settle_s
+    for g in st.gpus.values():
+        times.extend(p.at + settle for p in g.pending)
+    reorder = st.queue.next_reorder_at(st.now)
+    if reorder is not None:
+        times.append(reorder)
+    return min(times) if times else None

@@ -1,0 +1,104 @@
+"""What Watch subscribers see: model state changes and lease events, made from decisions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
+from typing import assert_never
+
+from gpuletd.executor import Executor
+from gpuletd.leases import LeaseFailed, LeaseInfo, lease_info
+from gpuletd.scheduler import (
+    Decision,
+    Granted,
+    LeaseEnded,
+    LeaseRefused,
+    Loading,
+    ModelStateChanged,
+    PreloadSkipped,
+    Queued,
+    Rejected,
+    Renewed,
+    StartBackend,
+    StopBackend,
+)
+from gpuletd.watch_hub import WatchClosed, WatchHub, WatchOverflow
+
+__all__ = ["LeaseEvent", "WatchEvent", "WatchSink"]
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    kind: str  # granted, renewed, released, expired, backend_died, cancelled
+    lease: LeaseInfo
+    reason: str = ""
+
+
+WatchEvent = ModelStateChanged | LeaseEvent
+
+
+class WatchSink:
+    def __init__(self, executor: Executor, *, buffer: int = 1024) -> None:
+        self._ex = executor
+        self.hub: WatchHub[WatchEvent] = WatchHub(buffer)
+
+    def apply(self, decisions: Sequence[Decision]) -> None:
+        to_wall: Callable[[float], float] = self._ex.clock.to_wall
+        for d in decisions:
+            match d:
+                case ModelStateChanged():
+                    self.hub.publish(d)
+                case Granted():
+                    info = LeaseInfo(
+                        d.lease_id,
+                        d.model_id,
+                        d.gpu_uuids,
+                        d.endpoint,
+                        d.client,
+                        d.exclusive,
+                        to_wall(d.granted_at),
+                        to_wall(d.expires_at),
+                    )
+                    self.hub.publish(LeaseEvent("granted", info))
+                case Renewed():
+                    view = self._ex.core.lease(d.lease_id)
+                    model = self._ex.core.model(d.model_id)
+                    if view is not None:
+                        endpoint = model.endpoint if model is not None else ""
+                        self.hub.publish(
+                            LeaseEvent("renewed", lease_info(self._ex, view, endpoint))
+                        )
+                case LeaseEnded():
+                    now = self._ex.clock.wall()
+                    info = LeaseInfo(
+                        d.lease_id, d.model_id, d.gpu_uuids, "", d.client, False, now, now
+                    )
+                    self.hub.publish(LeaseEvent(d.reason.value, info, d.message))
+                case (
+                    Queued()
+                    | Loading()
+                    | Rejected()
+                    | LeaseRefused()
+                    | StartBackend()
+                    | StopBackend()
+                    | PreloadSkipped()
+                ):
+                    pass
+                case _:
+                    assert_never(d)
+
+    async def subscribe(self) -> AsyncGenerator[WatchEvent, None]:
+        try:
+            async for ev in self.hub.subscribe():
+                yield ev
+        except WatchOverflow as e:
+            raise LeaseFailed(
+                "RESOURCE_EXHAUSTED",
+                "WATCH_OVERFLOW",
+                f"watch stream {e}; reconnect and re-read the state",
+            ) from None
+        except WatchClosed as e:
+            raise LeaseFailed("UNAVAILABLE", "SHUTTING_DOWN", str(e)) from None
+
+    def close(self) -> None:
+        self.hub.close()

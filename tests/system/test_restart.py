@@ -1,0 +1,278 @@
+"""A daemon you can restart: kill -9, a corrupt state file, SIGHUP, the handoff, every signal.
+
+The real gpuletd as a subprocess, real backends (tests/model_server.py), a real SQLite file in
+the daemon's state directory."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import gpulet
+from gpulet.v1 import types_pb2
+from tests.helpers import GPULET, Daemon, clean_env
+from tests.system.test_leases import alive, pid_of, process_model, reservation_model, wait_until
+
+pytestmark = pytest.mark.system
+
+ROOMY = ("--profile", "balanced_24gb", "--set", "max_concurrent_models=4")
+
+
+@pytest.fixture
+def piddir(tmp_path: Path) -> Path:
+    d = tmp_path / "pids"
+    d.mkdir()
+    return d
+
+
+def daemon(tmp_path: Path, config: str, *args: str, gpus: str = "24576") -> Daemon:
+    cfg = tmp_path / "gpulet.toml"
+    cfg.write_text(config)
+    return Daemon(
+        "--config", str(cfg), "--simulated-gpus", gpus, *args, env={"GPULET_CHECK_INVARIANTS": "1"}
+    )
+
+
+def states(c: gpulet.Client) -> dict[str, str]:
+    name = types_pb2.ModelState.Name
+    return {m.id: name(m.state).removeprefix("MODEL_STATE_").lower() for m in c.models().models}
+
+
+def kill9(d: Daemon) -> None:
+    assert d.proc is not None
+    d.proc.kill()
+    d.proc.wait(10)
+    d.stop(keep=True)
+
+
+def test_kill9_restart_keeps_leases_and_adopts_loaded_and_loading_backends(
+    tmp_path: Path, piddir: Path
+) -> None:
+    config = (
+        process_model("fast", 3000, piddir)
+        + process_model("slow", 3000, piddir, "--start-delay", "3")
+        + reservation_model("res", 2000)
+    )
+    d = daemon(tmp_path, config, *ROOMY).start()
+    loading: subprocess.Popen[str] | None = None
+    pids: list[int] = []
+    try:
+        with gpulet.Client(address=d.address) as c:
+            fast = c.acquire("fast", ttl=300)
+            res = c.acquire("res", ttl=300)
+            before = {x.lease_id: x.expires_at for x in c.list_leases()}
+        fast_pid = pid_of(piddir, "fast")
+        pids.append(fast_pid)
+        # A third client asks for a model whose backend takes 3 s to become healthy.
+        loading = subprocess.Popen(
+            [GPULET, "--address", d.address, "lease", "acquire", "slow", "--json"],
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert wait_until(lambda: (piddir / "slow.pid").exists(), timeout=10), d.output()
+        slow_pid = pid_of(piddir, "slow")
+        pids.append(slow_pid)
+
+        kill9(d)
+        loading.wait(10)
+        # The backends outlive their daemon, and keep serving (their output goes to a file).
+        assert alive(fast_pid) and alive(slow_pid)
+
+        d.start()
+        with gpulet.Client(address=d.address) as c:
+            after = {x.lease_id: x.expires_at for x in c.list_leases()}
+            assert set(after) == set(before), d.output()
+            for lid, exp in before.items():
+                assert abs(after[lid].timestamp() - exp.timestamp()) < 1.0
+            # The same tokens still work.
+            c.renew(fast.lease_id, fast.token)
+            c.renew(res.lease_id, res.token)
+            with pytest.raises(gpulet.PermissionDenied):
+                c.renew(fast.lease_id, res.token)
+            # The loaded backend was adopted, not restarted: same pid, still serving.
+            assert pid_of(piddir, "fast") == fast_pid and alive(fast_pid)
+            assert states(c)["fast"] == "loaded"
+            # The loading one was adopted too and became healthy under the new daemon.
+            assert wait_until(lambda: states(c)["slow"] == "loaded", timeout=15), d.output()
+            assert pid_of(piddir, "slow") == slow_pid and alive(slow_pid)
+            slow = c.acquire("slow", ttl=60, timeout=10)
+            assert slow.endpoint.startswith("http://127.0.0.1:")
+        out = d.output()
+        assert '"backend.adopted"' in out and '"state.restored"' in out, out
+        assert "invariant" not in out, out
+    finally:
+        if loading is not None and loading.poll() is None:
+            loading.kill()
+        d.stop()
+    # A clean stop leaves nothing of the test behind.
+    assert wait_until(lambda: not any(alive(p) for p in pids), timeout=5), pids
+
+
+def test_corrupt_state_file_starts_clean_says_so_and_stops_the_orphans(
+    tmp_path: Path, piddir: Path
+) -> None:
+    d = daemon(tmp_path, process_model("fast", 3000, piddir), *ROOMY).start()
+    try:
+        with gpulet.Client(address=d.address) as c:
+            lease = c.acquire("fast", ttl=300)
+        pid = pid_of(piddir, "fast")
+        kill9(d)
+        assert alive(pid)
+        for extra in ("-wal", "-shm"):
+            (d.state_dir / f"state.db{extra}").unlink(missing_ok=True)
+        (d.state_dir / "state.db").write_bytes(b"this is not a database\n" * 100)
+
+        d.start()
+        out = d.output()
+        assert '"store.moved_aside"' in out, out
+        assert list(d.state_dir.glob("state.db.corrupt-*")), list(d.state_dir.iterdir())
+        # No record names the old backend any more; its mark does, and it is stopped.
+        assert wait_until(lambda: not alive(pid), timeout=15), out
+        with gpulet.Client(address=d.address) as c:
+            with pytest.raises(gpulet.NotFound):
+                c.renew(lease.lease_id, lease.token)
+            assert states(c)["fast"] == "unloaded"
+            again = c.acquire("fast", ttl=30, timeout=15)
+            assert pid_of(piddir, "fast") != pid
+            c.release(again.lease_id, again.token)
+    finally:
+        d.stop()
+
+
+def test_sighup_reloads_a_good_config_and_refuses_a_broken_one(tmp_path: Path) -> None:
+    cfg = tmp_path / "gpulet.toml"
+    good = reservation_model("res", 2000) + reservation_model("gone", 1000)
+    cfg.write_text(good)
+    d = Daemon("--config", str(cfg), "--simulated-gpus", "24576").start()
+    try:
+        with gpulet.Client(address=d.address) as c:
+            lease = c.acquire("gone", ttl=300)
+            assert c.active_profile().profile.name == "balanced_24gb"
+
+            cfg.write_text(good + "[models.res\nbroken = \n")
+            assert d.proc is not None
+            d.proc.send_signal(signal.SIGHUP)
+            assert wait_until(lambda: '"config.reload_refused"' in d.output(), timeout=5)
+            warnings = list(c.active_profile().warnings)
+            assert any("reload refused" in w and "gpulet.toml:" in w for w in warnings), warnings
+            assert c.active_profile().profile.name == "balanced_24gb"
+            c.renew(lease.lease_id, lease.token)
+
+            # A good config: another profile, and the leased model removed from the registry.
+            cfg.write_text('profile = "constrained_16gb"\n' + reservation_model("res", 2000))
+            d.proc.send_signal(signal.SIGHUP)
+            assert wait_until(lambda: '"config.reloaded"' in d.output(), timeout=5)
+            active = c.active_profile()
+            assert active.profile.name == "constrained_16gb"
+            assert not any("reload refused" in w for w in active.warnings)
+            # The lease on the removed model still works for its holder...
+            c.renew(lease.lease_id, lease.token)
+            # ...and nobody new gets it.
+            with pytest.raises(gpulet.NotFound):
+                c.acquire("gone", timeout=5)
+            c.release(lease.lease_id, lease.token)
+        r = d.cli("profile", "show", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["name"] == "constrained_16gb", r.stdout
+    finally:
+        d.stop()
+
+
+def test_sigusr2_hands_off_to_a_new_gpuletd_in_place(tmp_path: Path, piddir: Path) -> None:
+    d = daemon(tmp_path, process_model("fast", 3000, piddir), *ROOMY).start()
+    try:
+        assert d.proc is not None
+        with gpulet.Client(address=d.address) as c:
+            lease = c.acquire("fast", ttl=300)
+        pid = pid_of(piddir, "fast")
+        d.proc.send_signal(signal.SIGUSR2)
+        assert wait_until(lambda: d.output().count('"daemon.serving"') == 2, timeout=20), d.output()
+        assert d.proc.poll() is None  # the same process, re-executed
+        with gpulet.Client(address=d.address) as c:
+            c.renew(lease.lease_id, lease.token)
+            assert states(c)["fast"] == "loaded"
+        assert pid_of(piddir, "fast") == pid and alive(pid)
+    finally:
+        d.stop()
+    assert wait_until(lambda: not alive(pid), timeout=5)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT])
+def test_stop_signals_stop_everything_and_say_so(
+    tmp_path: Path, piddir: Path, sig: signal.Signals
+) -> None:
+    d = daemon(tmp_path, process_model("fast", 3000, piddir), *ROOMY).start()
+    with gpulet.Client(address=d.address) as c:
+        c.acquire("fast", ttl=300)
+    pid = pid_of(piddir, "fast")
+    code = d.stop(sig)
+    assert code == 0, d.output()
+    assert f'"signal": "{sig.name}"' in d.output()
+    assert not alive(pid)
+
+
+def test_usr1_logs_a_status_line_and_pipe_is_ignored(tmp_path: Path) -> None:
+    d = daemon(tmp_path, reservation_model("res", 2000)).start()
+    try:
+        assert d.proc is not None
+        with gpulet.Client(address=d.address) as c:
+            c.acquire("res", ttl=60)
+            d.proc.send_signal(signal.SIGUSR1)
+            d.proc.send_signal(signal.SIGPIPE)
+            assert wait_until(lambda: '"SIGPIPE"' in d.output(), timeout=5)
+            status = [
+                json.loads(line) for line in d.output().splitlines() if '"daemon.status"' in line
+            ]
+            assert status and status[0]["leases"] == 1 and status[0]["models"] == {"res": "loaded"}
+            assert d.proc.poll() is None
+            assert c.list_leases()
+    finally:
+        d.stop()
+
+
+def test_a_second_daemon_on_the_same_state_dir_refuses(tmp_path: Path) -> None:
+    d = daemon(tmp_path, reservation_model("res", 2000)).start()
+    try:
+        other = Daemon("--state-dir", str(d.state_dir))
+        with pytest.raises(RuntimeError, match="state dir"):
+            other.start(timeout=10)
+    finally:
+        d.stop()
+
+
+def test_a_worker_that_left_its_process_group_is_stopped_with_its_backend(
+    tmp_path: Path, piddir: Path
+) -> None:
+    """gpuletd is the subreaper of its backends: a worker that called setsid() and whose
+    parent exited is still stopped when its model unloads, and when gpuletd stops."""
+    config = process_model(
+        "esc", 3000, piddir, "--setsid-child", "--setsid-parent-exit-after", "0.3", grace=1.0
+    ) + process_model("esc2", 3000, piddir, "--setsid-child", "--setsid-parent-exit-after", "0.3")
+    d = daemon(tmp_path, config, *ROOMY).start()
+    try:
+        with gpulet.Client(address=d.address) as c:
+            lease = c.acquire("esc", ttl=60)
+            worker_file = piddir / "esc.pid.setsid"
+            assert wait_until(worker_file.exists, timeout=10)
+            worker = int(worker_file.read_text())
+            time.sleep(1.5)  # its parent has exited: it is an orphan of the backend's tree
+            assert alive(worker)
+            c.release(lease.lease_id, lease.token)
+            # Unloaded after its 1 s grace: the escaped worker goes with it.
+            assert wait_until(lambda: not alive(worker), timeout=15), d.output()
+
+            c.acquire("esc2", ttl=60)
+            worker2_file = piddir / "esc2.pid.setsid"
+            assert wait_until(worker2_file.exists, timeout=10)
+            worker2 = int(worker2_file.read_text())
+            time.sleep(1.5)
+            assert alive(worker2)
+    finally:
+        d.stop()
+    assert wait_until(lambda: not alive(worker2), timeout=5), d.output()
