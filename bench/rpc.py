@@ -171,6 +171,8 @@ async def _run(workdir: Path, *, count: int, seconds: float, rounds: int) -> Rpc
                 f"unix://{gpulet_sock}",
                 "--simulated-gpus",
                 "16384",
+                "--state-dir",
+                str(workdir / "state"),
             ],
             workdir / "gpuletd.log",
         )
@@ -200,10 +202,20 @@ async def _run(workdir: Path, *, count: int, seconds: float, rounds: int) -> Rpc
                     model_id=_LEASED_MODEL, client_name="bench", ttl_seconds=600
                 )
             )
+            granted = leases_pb2.Lease()
             async for msg in stream:
                 if msg.WhichOneof("state") == "granted":
+                    granted = msg.granted
                     break
-            for fn in (echo, list_leases, active_profile):
+
+            async def renew() -> object:
+                # A renew changes what must survive a restart: the state file is written
+                # before the answer goes out, so this prices persistence on the hot path.
+                return await leases.Renew(
+                    leases_pb2.RenewRequest(lease_id=granted.lease_id, token=granted.token)
+                )
+
+            for fn in (echo, list_leases, active_profile, renew):
                 await _drive("warm-up", fn, count=_WARMUP_CALLS, seconds=seconds)
             best: dict[str, Measure] = {}
             for _ in range(rounds):
@@ -211,6 +223,7 @@ async def _run(workdir: Path, *, count: int, seconds: float, rounds: int) -> Rpc
                     ("bare grpc.aio echo (100 B)", echo),
                     ("gpuletd ListLeases (1 lease)", list_leases),
                     ("gpuletd GetActiveProfile", active_profile),
+                    ("gpuletd Renew (state saved)", renew),
                 ):
                     m = await _drive(name, fn, count=count, seconds=seconds)
                     if name not in best or m.rate > best[name].rate:

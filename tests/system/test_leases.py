@@ -92,19 +92,17 @@ def wait_until(cond: object, timeout: float = 10.0, step: float = 0.02) -> bool:
     return bool(cond())  # type: ignore[operator]
 
 
-@pytest.fixture
-def piddir(tmp_path: Path) -> Path:
-    d = tmp_path / "pids"
-    d.mkdir()
-    return d
-
-
-def start_daemon(tmp_path: Path, config: str, *args: str, gpus: str = "16384") -> Daemon:
+def daemon_for(tmp_path: Path, config: str, *args: str, gpus: str = "16384") -> Daemon:
+    """gpuletd on `config` (written to tmp_path), checking its invariants after every event."""
     cfg = tmp_path / "gpulet.toml"
     cfg.write_text(config)
     return Daemon(
         "--config", str(cfg), "--simulated-gpus", gpus, *args, env={"GPULET_CHECK_INVARIANTS": "1"}
-    ).start()
+    )
+
+
+def start_daemon(tmp_path: Path, config: str, *args: str, gpus: str = "16384") -> Daemon:
+    return daemon_for(tmp_path, config, *args, gpus=gpus).start()
 
 
 def test_queued_request_is_granted_when_the_holder_releases(tmp_path: Path, piddir: Path) -> None:

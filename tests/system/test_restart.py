@@ -16,26 +16,22 @@ import pytest
 import gpulet
 from gpulet.v1 import types_pb2
 from tests.helpers import GPULET, Daemon, clean_env
-from tests.system.test_leases import alive, pid_of, process_model, reservation_model, wait_until
+from tests.system.test_leases import (
+    alive,
+    daemon_for,
+    pid_of,
+    process_model,
+    reservation_model,
+    wait_until,
+)
 
 pytestmark = pytest.mark.system
 
 ROOMY = ("--profile", "balanced_24gb", "--set", "max_concurrent_models=4")
 
 
-@pytest.fixture
-def piddir(tmp_path: Path) -> Path:
-    d = tmp_path / "pids"
-    d.mkdir()
-    return d
-
-
-def daemon(tmp_path: Path, config: str, *args: str, gpus: str = "24576") -> Daemon:
-    cfg = tmp_path / "gpulet.toml"
-    cfg.write_text(config)
-    return Daemon(
-        "--config", str(cfg), "--simulated-gpus", gpus, *args, env={"GPULET_CHECK_INVARIANTS": "1"}
-    )
+def daemon(tmp_path: Path, config: str, *args: str) -> Daemon:
+    return daemon_for(tmp_path, config, *args, gpus="24576")
 
 
 def states(c: gpulet.Client) -> dict[str, str]:

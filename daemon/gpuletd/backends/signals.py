@@ -22,29 +22,27 @@ def signal_process(pid: int, start_time: int, sig: signal.Signals) -> bool:
     after opening it cannot be outdated by the time the signal goes (kill(2) would race a pid
     that is reused in between). True if the signal was sent.
     """
+    pidfd: int | None
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         return False
     except OSError:
-        # No pidfds (old kernel, seccomp): check and kill, with the small race that implies.
-        stat = read_proc_stat(pid)
-        if stat is None or stat.zombie or stat.starttime != start_time:
-            return False
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-            return True
-        return False
+        pidfd = None  # no pidfds (old kernel, seccomp): check and kill, with the small race
     try:
         stat = read_proc_stat(pid)
         if stat is None or stat.zombie or stat.starttime != start_time:
             return False
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            signal.pidfd_send_signal(pidfd, sig)
+            if pidfd is None:
+                os.kill(pid, sig)
+            else:
+                signal.pidfd_send_signal(pidfd, sig)
             return True
         return False
     finally:
-        os.close(pidfd)
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def signal_group(pgid: int, leader_start_time: int, sig: signal.Signals) -> bool:
