@@ -58,8 +58,16 @@ def _build_core(rt: Runtime, store: StateStore | None, clock: Clock) -> Schedule
             core = Scheduler.restore(
                 saved.snapshot, profile, models, gpus, now=now, shift=shift, preload=preload
             )
-        except SnapshotError as e:
-            log.warning("state.not_restored", reason=str(e), action="starting empty")
+        except Exception as e:
+            # A snapshot this gpuletd cannot read (SnapshotError) or one that trips a bug:
+            # either way starting empty beats a crash loop. Its backends are still found by
+            # their records and marks, and stopped.
+            log.warning(
+                "state.not_restored",
+                reason=str(e) or repr(e),
+                action="starting empty",
+                exc_info=not isinstance(e, SnapshotError),
+            )
         else:
             leases = core.leases()
             log.info(

@@ -23,6 +23,7 @@ from gpuletd.backends.strays import MARK
 from gpuletd.config import Config, config_paths, load_config
 from gpuletd.config_errors import ConfigError
 from gpuletd.daemon import Daemon
+from gpuletd.launch import ignore_until_handled
 from gpuletd.logs import setup_logging
 from gpuletd.probe.poller import ProbePoller
 from gpuletd.probe.simulated import SimulatedProbe, parse_simulated_gpus
@@ -271,6 +272,10 @@ async def _serve(ns: argparse.Namespace) -> int:
             grp.getgrnam(ns.socket_group)
         except KeyError:
             raise ConfigError("--socket-group", f"no group named {ns.socket_group!r}") from None
+    # First, so that no signal meets a default action (USR1 and HUP would kill us) while
+    # state is restored and backends are adopted.
+    signals = Signals()
+    signals.install()
     state_dir: Path = (ns.state_dir or default_state_dir()).absolute()
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Every backend inherits this mark, so a restarted daemon finds even one no record names.
@@ -304,8 +309,7 @@ async def _serve(ns: argparse.Namespace) -> int:
         await server.set_serving(True)
         poller.start()
         daemon.start()
-        signals = Signals(daemon, lambda: _load(ns, poller))
-        signals.install()
+        signals.serving(daemon, lambda: daemon.reload(lambda: _load(ns, poller)))
         status = (
             f"profile {active.profile.name} ({active.source.value}), {len(runtime.gpus)} GPU(s)"
         )
@@ -327,7 +331,6 @@ async def _serve(ns: argparse.Namespace) -> int:
         interval = watchdog_interval()
         dog = asyncio.create_task(_watchdog(interval)) if interval else None
         ending = await signals.ending()
-        notify("STOPPING=1", f"STATUS={ending.value}")
         if dog:
             dog.cancel()
         # Waiting requests are told UNAVAILABLE and nothing new is granted; then the streams
@@ -362,6 +365,7 @@ def _reexec() -> NoReturn:
     log.info("daemon.reexec", argv=argv)
     sys.stdout.flush()
     sys.stderr.flush()
+    ignore_until_handled()
     os.execv(sys.executable, argv)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 import gpulet
 from gpulet.v1 import types_pb2
-from tests.helpers import GPULET, Daemon, clean_env
+from tests.helpers import GPULET, GPULETD, Daemon, clean_env
 from tests.system.test_leases import (
     alive,
     daemon_for,
@@ -272,3 +272,36 @@ def test_a_worker_that_left_its_process_group_is_stopped_with_its_backend(
     finally:
         d.stop()
     assert wait_until(lambda: not alive(worker2), timeout=5), d.output()
+
+
+def test_reload_and_status_signals_during_startup_do_not_kill_it(tmp_path: Path) -> None:
+    """HUP and USR1 kill a process by default; gpuletd ignores them until its handlers run."""
+    d = daemon(tmp_path, reservation_model("res", 2000))
+    d._log_file = d.log.open("a")
+    d.proc = subprocess.Popen(
+        [GPULETD, "--address", d.address, *d.args],
+        env=d.env,
+        stdout=d._log_file,
+        stderr=subprocess.STDOUT,
+    )
+
+    def hup_ignored() -> bool:
+        # Nothing can catch a signal before the interpreter runs gpuletd's first line: the
+        # window under test starts there (SigIgn in /proc shows it).
+        status = Path(f"/proc/{d.proc.pid}/status").read_text()
+        mask = int(next(x for x in status.splitlines() if x.startswith("SigIgn:")).split()[1], 16)
+        return bool(mask & (1 << (signal.SIGHUP - 1)))
+
+    try:
+        assert wait_until(hup_ignored, timeout=10, step=0.001)
+        deadline = time.monotonic() + 20
+        while not d.socket.exists() and time.monotonic() < deadline:
+            for sig in (signal.SIGHUP, signal.SIGUSR1):
+                d.proc.send_signal(sig)
+            time.sleep(0.01)
+            assert d.proc.poll() is None, d.output()
+        time.sleep(0.3)
+        assert d.proc.poll() is None, d.output()
+        assert d.cli("roles").returncode == 0
+    finally:
+        d.stop()
