@@ -10,8 +10,9 @@ the supervisor, the lease API; and the three ways it can end (stop, hand off, cr
 - **Handoff** (SIGUSR2): for an upgrade or a restart that must not unload models. The state is
   saved and the daemon exits leaving its backends running; the next gpuletd adopts them with
   the same pids, and every lease stays valid.
-- **Crash** (kill -9, OOM): the state on disk is at most one decision old (the store sink writes
-  before any decision takes effect), so the next start is the same as after a handoff.
+- **Crash** (kill -9, OOM): the store sink writes before any decision takes effect, so the next
+  start is the same as after a handoff (unless saving failed: `gpulet profile show` then
+  warns that the state is not being saved).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from gpuletd.leases import LeaseManager
 from gpuletd.log_sink import LogSink
 from gpuletd.probe.simulated import SimulatedProbe
 from gpuletd.runtime import Runtime
-from gpuletd.scheduler import ModelState, ModelView, Scheduler, SnapshotError
+from gpuletd.scheduler import Scheduler, SnapshotError
 from gpuletd.simulated_sink import SimulatedGpuSink
+from gpuletd.state_dir import STATE_FILE
 from gpuletd.store import StateStore, StoreError
 from gpuletd.store_sink import StoreSink
 from gpuletd.supervisor import Supervisor
@@ -73,7 +75,7 @@ def _build_core(rt: Runtime, store: StateStore | None, clock: Clock) -> Schedule
             log.info(
                 "state.restored",
                 leases=len(leases),
-                models={m: v.state.value for m, v in core.models().items() if _holds(v)},
+                models={m: v.state.value for m, v in core.models().items() if v.holds_memory},
                 saved_s_ago=round(clock.wall() - saved.wall, 1),
             )
             return core
@@ -83,10 +85,6 @@ def _build_core(rt: Runtime, store: StateStore | None, clock: Clock) -> Schedule
         for mid, fp in store.footprints().items():
             core.learn(mid, measured_mb=fp.measured_mb, load_seconds=fp.load_seconds)
     return core
-
-
-def _holds(v: ModelView) -> bool:
-    return v.state in (ModelState.LOADING, ModelState.LOADED, ModelState.UNLOADING)
 
 
 class Daemon:
@@ -102,7 +100,13 @@ class Daemon:
         self.runtime = runtime
         self.store: StateStore | None = None
         if state_dir is not None:
-            self.store = StateStore.open(state_dir / "state.db")
+            try:
+                self.store = StateStore.open(state_dir / STATE_FILE)
+            except StoreError as e:
+                # A disk that is full or failing: serve anyway (a restart will lose what this
+                # run holds), and say so where operators look.
+                runtime.store_error = str(e)
+                log.error("store.unavailable", error=str(e), action="serving without saving")
         clock = Clock()
         self.executor = Executor(
             _build_core(runtime, self.store, clock), clock=clock, check=check_invariants
@@ -117,7 +121,7 @@ class Daemon:
         )
         self.leases = LeaseManager(runtime, self.executor)
         self.watch = WatchSink(self.executor)
-        self._store_sink = StoreSink(self.store, self.executor) if self.store else None
+        self._store_sink = StoreSink(self.store, self.executor, runtime) if self.store else None
         # The order is the design: on disk first, then processes, then what people see.
         if self._store_sink is not None:
             self.executor.add_sink(self._store_sink)
@@ -188,7 +192,7 @@ class Daemon:
         core = self.core
         return {
             "profile": self.runtime.profile.name,
-            "models": {m: v.state.value for m, v in core.models().items() if _holds(v)},
+            "models": {m: v.state.value for m, v in core.models().items() if v.holds_memory},
             "leases": len(core.leases()),
             "waiting": core.waiting_count(),
             "backends": self.supervisor.leaders(),
@@ -215,6 +219,7 @@ class Daemon:
         the tasks that own starting backends, and a cancelled start kills its process)."""
         self.leases.drain()
         await self.executor.stop()
+        self.supervisor.freeze()
         self.watch.close()
         if self.store is not None and self._store_sink is not None:
             self._store_sink.save()

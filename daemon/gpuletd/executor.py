@@ -35,7 +35,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-# One call into the core: it gets the core and the current monotonic time.
 Event = Callable[[Scheduler, float], list[Decision]]
 
 
@@ -99,6 +98,8 @@ class Executor:
         self._kick = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         self._stopped = False
+        self._dispatching = False
+        self._later: list[Event] = []
 
     def add_sink(self, sink: Sink) -> None:
         """Sinks run in the order they were added (the store first)."""
@@ -107,9 +108,19 @@ class Executor:
     # -- events ---------------------------------------------------------------------------
 
     def feed(self, event: Event) -> list[Decision]:
-        """Run one event through the core and its decisions through every sink."""
+        """Run one event through the core and its decisions through every sink.
+
+        An event raised by a sink while it handles a batch (a backend outcome known at once)
+        runs after that batch has reached every sink, so that every sink sees the decisions
+        in the order the core made them; it returns nothing to the sink that raised it."""
+        if self._dispatching:
+            self._later.append(event)
+            return []
         decisions = event(self.core, self.clock.mono())
         self._dispatch(decisions)
+        while self._later:
+            later = self._later.pop(0)
+            self._dispatch(later(self.core, self.clock.mono()))
         return decisions
 
     def backend_outcome(self, o: BackendOutcome) -> None:
@@ -132,8 +143,17 @@ class Executor:
             self.feed(lambda c, now: c.probe(readings, now=now))
 
     def _dispatch(self, decisions: Sequence[Decision]) -> None:
-        for sink in self._sinks:
-            sink.apply(decisions)
+        self._dispatching = True
+        try:
+            for sink in self._sinks:
+                try:
+                    sink.apply(decisions)
+                except Exception:
+                    # One sink's bug must not keep the decisions from the others (a waiting
+                    # client would never hear of its grant).
+                    log.exception("executor.sink_failed", sink=type(sink).__name__)
+        finally:
+            self._dispatching = False
         if self._check and (problems := check_invariants(self.core)):
             # Debug aid for tests and load runs: the core broke a promise.
             log.error("scheduler.invariant_violated", problems=problems)

@@ -93,7 +93,13 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def lease_info(ex: Executor, v: LeaseView, endpoint: str, token: str = "") -> LeaseInfo:
+def lease_info(ex: Executor, v: LeaseView | Granted, token: str = "") -> LeaseInfo:
+    """A live lease (or one just granted) as callers see it: wall-clock times, its endpoint."""
+    if isinstance(v, Granted):
+        endpoint = v.endpoint
+    else:
+        model = ex.core.model(v.model_id)
+        endpoint = model.endpoint if model is not None else ""
     return LeaseInfo(
         lease_id=v.lease_id,
         model_id=v.model_id,
@@ -218,7 +224,7 @@ class LeaseManager:
                                 f"the lease on {d.model_id} ended as it was granted: "
                                 f"{(mv.last_error if mv else '') or 'ended'}",
                             )
-                        yield self._granted_info(d, token)
+                        yield lease_info(self._ex, d, token)
                         return
                     case Queued() | Loading():
                         yield d
@@ -241,7 +247,7 @@ class LeaseManager:
         view = self._ex.core.lease(lease_id)
         if view is None:  # pragma: no cover - a Renewed lease exists by construction
             raise LeaseFailed("NOT_FOUND", "LEASE_ENDED", f"lease_id: {lease_id} has ended")
-        return lease_info(self._ex, view, self._endpoint(view.model_id))
+        return lease_info(self._ex, view)
 
     def release(self, lease_id: str, token: str) -> None:
         self._check_lease_access(lease_id, token)
@@ -249,7 +255,7 @@ class LeaseManager:
         self._raise_if_refused(out, lease_id)
 
     def leases(self) -> list[LeaseInfo]:
-        return [lease_info(self._ex, v, self._endpoint(v.model_id)) for v in self._ex.core.leases()]
+        return [lease_info(self._ex, v) for v in self._ex.core.leases()]
 
     def queue_length(self) -> int:
         """Requests waiting for their turn (not those only waiting on a load under way)."""
@@ -280,24 +286,6 @@ class LeaseManager:
                 q.put_nowait(d)
 
     # -- helpers -----------------------------------------------------------------------------
-
-    def _granted_info(self, d: Granted, token: str) -> LeaseInfo:
-        to_wall = self._ex.clock.to_wall
-        return LeaseInfo(
-            lease_id=d.lease_id,
-            model_id=d.model_id,
-            gpu_uuids=d.gpu_uuids,
-            endpoint=d.endpoint,
-            client=d.client,
-            exclusive=d.exclusive,
-            granted_at=to_wall(d.granted_at),
-            expires_at=to_wall(d.expires_at),
-            token=token,
-        )
-
-    def _endpoint(self, model_id: str) -> str:
-        v = self._ex.core.model(model_id)
-        return v.endpoint if v is not None else ""
 
     def _check_ttl(self, ttl_s: float) -> None:
         # A lease longer than this would pin its model past any holder's life: a holder that

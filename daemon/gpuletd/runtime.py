@@ -25,6 +25,8 @@ class Runtime:
     # Why the last reload was refused (the old configuration kept serving); empty when it
     # succeeded or none was asked for.
     reload_error: str = ""
+    # Why the state file cannot be written now (a restart would lose this run's state).
+    store_error: str = ""
 
     @property
     def profile(self) -> Profile:

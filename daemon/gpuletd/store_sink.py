@@ -16,6 +16,7 @@ from typing import assert_never
 import structlog
 
 from gpuletd.executor import Executor
+from gpuletd.runtime import Runtime
 from gpuletd.scheduler import (
     Decision,
     Granted,
@@ -39,9 +40,10 @@ log = structlog.get_logger(__name__)
 
 
 class StoreSink:
-    def __init__(self, store: StateStore, executor: Executor) -> None:
+    def __init__(self, store: StateStore, executor: Executor, runtime: Runtime) -> None:
         self._store = store
         self._ex = executor
+        self._rt = runtime
 
     def apply(self, decisions: Sequence[Decision]) -> None:
         persist = False
@@ -74,4 +76,10 @@ class StoreSink:
                         )
         except StoreError as e:
             # Serving goes on; what a restart would lose is said now, not discovered then.
-            log.error("store.save_failed", error=str(e))
+            if not self._rt.store_error:
+                log.error("store.save_failed", error=str(e))
+            self._rt.store_error = str(e)
+        else:
+            if self._rt.store_error:
+                log.info("store.saving_again")
+            self._rt.store_error = ""

@@ -55,6 +55,11 @@ from gpuletd.store import StateStore, StoreError
 
 __all__ = ["Supervisor"]
 
+
+def _state(view: ModelView | None) -> ModelState | None:
+    return None if view is None else view.state
+
+
 log = structlog.get_logger(__name__)
 
 # An adopted backend gets this long to answer its health URL once after a restart.
@@ -88,6 +93,7 @@ class Supervisor:
         self._running: dict[str, RunningBackend] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._frozen = False
         self._reaper: asyncio.Task[None] | None = None
         self._mark = mark
 
@@ -110,9 +116,11 @@ class Supervisor:
     def apply(self, decisions: Sequence[Decision]) -> None:
         for d in decisions:
             match d:
+                case StartBackend() | StopBackend() if self._frozen:
+                    log.info("backend.deferred", model=d.model_id, to="the next gpuletd")
                 case StartBackend():
                     if self._closing:
-                        self._outcomes(LoadFailed(d.model_id, "gpuletd is shutting down"))
+                        self._report(LoadFailed(d.model_id, "gpuletd is shutting down"))
                     else:
                         self._starting[d.model_id] = self._spawn(self._start(d))
                 case StopBackend():
@@ -131,6 +139,17 @@ class Supervisor:
                     pass
                 case _:
                     assert_never(d)
+
+    def _report(self, outcome: BackendOutcome) -> None:
+        if not self._frozen:
+            self._outcomes(outcome)
+
+    def freeze(self) -> None:
+        """Handing off: from now on nothing is started, stopped or reported. What the core
+        decides after this is saved with it, and the next gpuletd carries it out (a restored
+        LOADING model without a process is answered as a failed load, an UNLOADING one has
+        its backend stopped)."""
+        self._frozen = True
 
     def start_reaper(self) -> None:
         self._reaper = asyncio.create_task(self._reap_loop(), name="orphan-reaper")
@@ -162,39 +181,42 @@ class Supervisor:
     async def recover(self, models: Mapping[str, ModelView]) -> None:
         """Reconcile the backend records of the previous daemon with the restored core: adopt
         what still runs, clean up what died, and answer every restored LOADING / UNLOADING
-        model (the core's contract after `restore`)."""
-        saved = self._store.backends() if self._store is not None else {}
-        for mid, raw in saved.items():
+        model (the core's contract after `restore`). Call before the first event: nothing
+        has been started yet, so every marked process no record names is a stray."""
+        records: list[BackendRecord] = []
+        for mid, raw in (self._store.backends() if self._store is not None else {}).items():
             try:
-                record = BackendRecord.from_dict(raw)
+                records.append(BackendRecord.from_dict(raw))
             except ValueError as e:
                 log.warning("backend.record_unreadable", model=mid, error=str(e))
                 self._forget(mid)
-                continue
-            view = models.get(mid)
-            await self._recover_one(record, view.state if view is not None else None)
+        await self._stop_strays(records)
+        # Concurrently: one backend slow to answer its health check must not hold up the
+        # others while their holders cannot renew.
+        await asyncio.gather(
+            *(self._recover_one(r, _state(models.get(r.model_id))) for r in records)
+        )
+        recorded = {r.model_id for r in records}
         for mid, view in models.items():
-            if mid in saved or view.state not in (
-                ModelState.LOADING,
-                ModelState.LOADED,
-                ModelState.UNLOADING,
-            ):
+            if mid in recorded or not view.holds_memory:
                 continue
             model = self._rt.registry.get(mid)
-            if model is not None and model.backend is Backend.PROCESS:
+            if model is not None and model.backend is Backend.RESERVATION:
+                # No process: the holder loads it; the restart changed nothing for it.
+                if view.state is ModelState.LOADING:
+                    self._report(Loaded(mid, None, model.endpoint or ""))
+                elif view.state is ModelState.UNLOADING:
+                    self._report(Unloaded(mid))
+            else:
                 # Its process was never recorded (the daemon died between the decision and
                 # the spawn) or its record was lost with a discarded state file.
                 self._answer_gone(mid, view.state, "its process was not found after a restart")
-            elif view.state is ModelState.LOADING:
-                self._outcomes(Loaded(mid, None, (model.endpoint or "") if model else ""))
-            elif view.state is ModelState.UNLOADING:
-                self._outcomes(Unloaded(mid))
-        await self._stop_strays()
 
-    async def _stop_strays(self) -> None:
+    async def _stop_strays(self, records: Sequence[BackendRecord]) -> None:
         if self._mark is None:
             return
-        strays = marked_processes(self._mark, exclude={os.getpid(), *self.pids()})
+        recorded = {pid for r in records for pid in (r.pid, *(p for p, _ in r.members))}
+        strays = marked_processes(self._mark, exclude={os.getpid(), *recorded})
         if strays:
             killed = await kill_processes(strays, grace_s=self._stop_grace_s)
             log.warning(
@@ -213,36 +235,33 @@ class Supervisor:
             )
             log.warning("backend.gone", model=mid, pid=record.pid, leftovers_killed=killed)
             self._forget(mid)
-            if state is not None:
-                self._answer_gone(
-                    mid, state, f"its process {record.pid} exited while gpuletd was down"
-                )
+            self._answer_gone(mid, state, f"its process {record.pid} exited while gpuletd was down")
             return
         log.info("backend.adopted", model=mid, pid=rb.pid, state=state.value if state else None)
         if state is ModelState.LOADED:
             if await check_health(record.health_url, _ADOPT_HEALTH_TIMEOUT_S):
                 self._watch(rb)
                 return
-            await rb.stop(self._stop_grace_s)
-            self._forget(mid)
-            self._outcomes(BackendDied(mid, f"{record.health_url} did not answer after a restart"))
+            why = f"{record.health_url} did not answer after a restart"
         elif state is ModelState.LOADING:
             self._watch(rb)
             self._starting[mid] = self._spawn(self._finish_adopted_load(rb, record))
+            return
         else:
-            # Being unloaded, or no longer the core's (a state file set aside): stop it.
-            await rb.stop(self._stop_grace_s)
-            self._forget(mid)
-            if state is ModelState.UNLOADING:
-                self._outcomes(Unloaded(mid))
+            why = "no longer the core's (its state was set aside)"
+        # Being unloaded, not healthy, or nobody's: stop it.
+        await rb.stop(self._stop_grace_s)
+        self._forget(mid)
+        self._answer_gone(mid, state, why)
 
-    def _answer_gone(self, mid: str, state: ModelState, why: str) -> None:
+    def _answer_gone(self, mid: str, state: ModelState | None, why: str) -> None:
+        """The answer the core expects for a model in `state` whose backend is gone."""
         if state is ModelState.LOADED:
-            self._outcomes(BackendDied(mid, why))
+            self._report(BackendDied(mid, why))
         elif state is ModelState.LOADING:
-            self._outcomes(LoadFailed(mid, why))
+            self._report(LoadFailed(mid, why))
         elif state is ModelState.UNLOADING:
-            self._outcomes(Unloaded(mid))
+            self._report(Unloaded(mid))
 
     async def _finish_adopted_load(self, rb: RunningBackend, record: BackendRecord) -> None:
         model = self._rt.registry.get(rb.model_id)
@@ -251,12 +270,13 @@ class Supervisor:
             try:
                 await self._backends.wait_healthy(rb, max(timeout, 1.0))
             except Exception as e:
-                self._running.pop(rb.model_id, None)
-                self._forget(rb.model_id)
-                self._outcomes(LoadFailed(rb.model_id, str(e) or repr(e)))
+                if self._running.get(rb.model_id) is rb:
+                    del self._running[rb.model_id]
+                    self._forget(rb.model_id)
+                self._report(LoadFailed(rb.model_id, str(e) or repr(e)))
                 return
             self._persist(rb.record)
-            self._outcomes(Loaded(rb.model_id, await self._measure(rb), rb.endpoint))
+            self._report(Loaded(rb.model_id, await self._measure(rb), rb.endpoint))
         finally:
             if self._starting.get(rb.model_id) is asyncio.current_task():
                 del self._starting[rb.model_id]
@@ -284,6 +304,8 @@ class Supervisor:
         try:
             self._store.put_backend(record.model_id, record.to_dict())
         except StoreError as e:
+            # The backend runs on; a successor would find it by its mark and stop it.
+            self._rt.store_error = str(e)
             log.error("backend.record_not_saved", model=record.model_id, error=str(e))
 
     def _forget(self, model_id: str) -> None:
@@ -306,7 +328,7 @@ class Supervisor:
             if model is None or model.backend is Backend.RESERVATION:
                 # Nothing to start: the holder loads the model itself.
                 endpoint = (model.endpoint or "") if model is not None else ""
-                self._outcomes(Loaded(d.model_id, None, endpoint))
+                self._report(Loaded(d.model_id, None, endpoint))
                 return
             try:
                 rb = await self._backends.start(
@@ -322,13 +344,13 @@ class Supervisor:
             except Exception as e:  # any failure to start is the model's failure to load
                 log.warning("backend.start_failed", model=d.model_id, error=str(e))
                 self._forget(d.model_id)
-                self._outcomes(LoadFailed(d.model_id, str(e) or repr(e)))
+                self._report(LoadFailed(d.model_id, str(e) or repr(e)))
                 return
             self._watch(rb)
             measured = await self._measure(rb)
             self._persist(rb.record)
             log.info("backend.ready", model=d.model_id, pid=rb.pid, measured_mb=measured)
-            self._outcomes(Loaded(d.model_id, measured, rb.endpoint))
+            self._report(Loaded(d.model_id, measured, rb.endpoint))
         finally:
             if self._starting.get(d.model_id) is asyncio.current_task():
                 del self._starting[d.model_id]
@@ -355,7 +377,7 @@ class Supervisor:
         log.warning("backend.died", model=rb.model_id, pid=rb.pid, reason=reason)
         # During an adopted load its wait reports the same death as a failed load: the core
         # takes the first answer and ignores the late one.
-        self._outcomes(BackendDied(rb.model_id, reason))
+        self._report(BackendDied(rb.model_id, reason))
 
     async def _stop(self, model_id: str) -> None:
         try:
@@ -374,7 +396,7 @@ class Supervisor:
             self._forget(model_id)
             # Even if stopping failed, the core must learn the model is no longer loading or
             # loaded, or its reservation would be held for ever.
-            self._outcomes(Unloaded(model_id))
+            self._report(Unloaded(model_id))
         # Read the GPUs now rather than at the next poll: the next placement waits until the
         # freed memory shows up in a reading.
         await self.poller.poll_once()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import assert_never
 
@@ -43,31 +43,16 @@ class WatchSink:
         self.hub: WatchHub[WatchEvent] = WatchHub(buffer)
 
     def apply(self, decisions: Sequence[Decision]) -> None:
-        to_wall: Callable[[float], float] = self._ex.clock.to_wall
         for d in decisions:
             match d:
                 case ModelStateChanged():
                     self.hub.publish(d)
                 case Granted():
-                    info = LeaseInfo(
-                        d.lease_id,
-                        d.model_id,
-                        d.gpu_uuids,
-                        d.endpoint,
-                        d.client,
-                        d.exclusive,
-                        to_wall(d.granted_at),
-                        to_wall(d.expires_at),
-                    )
-                    self.hub.publish(LeaseEvent("granted", info))
+                    self.hub.publish(LeaseEvent("granted", lease_info(self._ex, d)))
                 case Renewed():
                     view = self._ex.core.lease(d.lease_id)
-                    model = self._ex.core.model(d.model_id)
                     if view is not None:
-                        endpoint = model.endpoint if model is not None else ""
-                        self.hub.publish(
-                            LeaseEvent("renewed", lease_info(self._ex, view, endpoint))
-                        )
+                        self.hub.publish(LeaseEvent("renewed", lease_info(self._ex, view)))
                 case LeaseEnded():
                     now = self._ex.clock.wall()
                     info = LeaseInfo(

@@ -6,7 +6,9 @@ the daemon's state directory."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -305,3 +307,56 @@ def test_reload_and_status_signals_during_startup_do_not_kill_it(tmp_path: Path)
         assert d.cli("roles").returncode == 0
     finally:
         d.stop()
+
+
+def test_a_backend_that_died_while_gpuletd_was_down_ends_its_leases(
+    tmp_path: Path, piddir: Path
+) -> None:
+    config = process_model("fast", 3000, piddir) + reservation_model("res", 2000)
+    d = daemon(tmp_path, config, *ROOMY).start()
+    try:
+        with gpulet.Client(address=d.address) as c:
+            fast = c.acquire("fast", ttl=300)
+            res = c.acquire("res", ttl=300)
+        pid = pid_of(piddir, "fast")
+        kill9(d)
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not alive(pid), timeout=5)
+
+        d.start()
+        with gpulet.Client(address=d.address) as c:
+            with pytest.raises(gpulet.LeaseLost) as e:
+                c.renew(fast.lease_id, fast.token)
+            assert "exited while gpuletd was down" in e.value.message
+            c.renew(res.lease_id, res.token)  # the other lease is untouched
+            # The next request starts it again.
+            again = c.acquire("fast", ttl=30, timeout=15)
+            assert pid_of(piddir, "fast") != pid
+            c.release(again.lease_id, again.token)
+    finally:
+        d.stop()
+
+
+def test_the_handoff_tells_systemd_it_is_reloading_not_stopping(
+    tmp_path: Path, piddir: Path
+) -> None:
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns:
+        ns.bind(str(notify_path))
+        ns.settimeout(20)
+        d = daemon(tmp_path, reservation_model("res", 2000))
+        d.env["NOTIFY_SOCKET"] = str(notify_path)
+        d.start()
+        try:
+            messages = [ns.recv(4096)]
+            while b"READY=1" not in messages[-1]:
+                messages.append(ns.recv(4096))
+            assert d.proc is not None
+            d.proc.send_signal(signal.SIGUSR2)
+            after: list[bytes] = []
+            while not any(b"READY=1" in m for m in after):
+                after.append(ns.recv(4096))
+            assert any(b"RELOADING=1" in m for m in after), after
+            assert not any(b"STOPPING=1" in m for m in after), after
+        finally:
+            d.stop()

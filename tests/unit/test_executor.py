@@ -13,6 +13,7 @@ from gpuletd.scheduler import (
     Granted,
     LeaseEnded,
     ModelState,
+    ModelStateChanged,
     Scheduler,
     StartBackend,
     StopBackend,
@@ -94,3 +95,44 @@ def test_a_failed_load_and_an_unload_reach_the_core() -> None:
     ex.backend_outcome(Unloaded("b"))
     assert ex.core.model("b") == view
     assert not [d for _, d in log if isinstance(d, StopBackend)]
+
+
+class Raising:
+    def apply(self, decisions: Sequence[Decision]) -> None:
+        raise RuntimeError("a sink's bug")
+
+
+class AnswersAtOnce:
+    """A supervisor that knows the outcome of a start at once (a reservation)."""
+
+    def __init__(self, ex: Executor) -> None:
+        self.ex = ex
+
+    def apply(self, decisions: Sequence[Decision]) -> None:
+        for d in decisions:
+            if isinstance(d, StartBackend):
+                self.ex.backend_outcome(Loaded(d.model_id, None, ""))
+
+
+def test_a_failing_sink_does_not_keep_decisions_from_the_others() -> None:
+    profile = BUILTIN_PROFILES["constrained_16gb"]
+    ex = Executor(Scheduler(profile, {"a": _model("a", 4000)}, [snap(0, 16384)]))
+    log: list[tuple[str, Decision]] = []
+    ex.add_sink(Raising())
+    ex.add_sink(Recorder("after", log))
+    out = ex.feed(lambda c, now: c.request("l-0000000000000001", "a", now=now))
+    assert [d for _, d in log] == out
+
+
+def test_an_outcome_raised_inside_a_batch_is_seen_after_it_in_order() -> None:
+    profile = BUILTIN_PROFILES["constrained_16gb"]
+    ex = Executor(Scheduler(profile, {"a": _model("a", 4000)}, [snap(0, 16384)]))
+    log: list[tuple[str, Decision]] = []
+    ex.add_sink(AnswersAtOnce(ex))
+    ex.add_sink(Recorder("watch", log))
+    ex.feed(lambda c, now: c.request("l-0000000000000001", "a", now=now))
+    kinds = [type(d).__name__ for _, d in log]
+    # The start (and the request's Loading) before the load's outcome and the grant.
+    assert kinds.index("StartBackend") < kinds.index("Granted")
+    states = [d.state for _, d in log if isinstance(d, ModelStateChanged)]
+    assert states == [ModelState.LOADING, ModelState.LOADED]

@@ -57,6 +57,11 @@ class ModelView:
     # it serves its holders, takes no new lease and stops once unleased. "" for a live model.
     retired: str = ""
 
+    @property
+    def holds_memory(self) -> bool:
+        """Loading, loaded or unloading: it has a backend (or a reservation) to answer for."""
+        return self.state in (ModelState.LOADING, ModelState.LOADED, ModelState.UNLOADING)
+
 
 @dataclass(frozen=True)
 class LeaseView:
