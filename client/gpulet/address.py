@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ENV_ADDRESS", "default_address", "socket_path"]
+__all__ = ["ENV_ADDRESS", "default_address", "normalize_address", "socket_path"]
 
 ENV_ADDRESS = "GPULET_ADDRESS"
+
+
+def normalize_address(address: str) -> str:
+    """A bare socket path (`/run/gpulet/gpulet.sock`, `./g.sock`) as the `unix://` address
+    gRPC needs; gRPC would otherwise resolve it as a host name ("Domain name not found")."""
+    if address.startswith(("/", "./", "../", "~")):
+        return "unix://" + os.path.abspath(os.path.expanduser(address))
+    return address
 
 
 def default_address() -> str:
     """`GPULET_ADDRESS`, else the system socket as root, else the user's runtime dir."""
     env = os.environ.get(ENV_ADDRESS)
     if env:
-        return env
+        return normalize_address(env)
     if os.geteuid() == 0:
         return "unix:///run/gpulet/gpulet.sock"
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/gpulet-{os.geteuid()}"

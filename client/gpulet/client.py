@@ -1,21 +1,40 @@
-"""`gpulet.Client` and `gpulet.AsyncClient`: the daemon's services for Python callers."""
+"""`gpulet.Client`: gpuletd's services for blocking Python callers.
+
+    with gpulet.Client() as client:
+        with client.lease(role="caption") as lease:   # renewed in the background
+            requests.post(lease.endpoint + "/chat/completions", ...)
+
+`gpulet.AsyncClient` (in `gpulet.async_client`) has the same methods in the same order.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import TypeVar
 
 import grpc
 
-from gpulet.address import default_address, socket_path
-from gpulet.errors import DaemonUnavailable, GpuletError, from_rpc_error
-from gpulet.lease import Lease, Progress, lease_from_pb, renew_in_task, renew_in_thread
+from gpulet import convert
+from gpulet.async_client import AsyncClient
+from gpulet.base import DEFAULT_TIMEOUT, BaseClient, check_socket
+from gpulet.errors import GpuletError
+from gpulet.lease import renew_in_thread, renew_interval
+from gpulet.types import (
+    ActiveProfile,
+    Explanation,
+    GpuStatus,
+    Lease,
+    Model,
+    Profile,
+    ProfileList,
+    Progress,
+    ProgressCallback,
+    Selection,
+    WatchEvent,
+)
 from gpulet.v1 import (
-    leases_pb2,
     leases_pb2_grpc,
     profiles_pb2,
     profiles_pb2_grpc,
@@ -23,79 +42,41 @@ from gpulet.v1 import (
     selector_pb2_grpc,
 )
 
+# AsyncClient is re-exported: `from gpulet.client import AsyncClient` predates its module.
 __all__ = ["AsyncClient", "Client", "check_socket"]
 
-T = TypeVar("T")
-DEFAULT_TTL = 30.0
-# A grant must be claimed (a first Renew, sent at once) within this long, or the daemon takes
-# it for one that never arrived (this caller was cancelled while it was on its way) and ends it.
-CLAIM_WITHIN_S = 10.0
-ProgressCallback = Callable[[Progress], None]
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
-def acquire_request(
-    model_id: str | None,
-    role: str | None,
-    client_name: str | None,
-    ttl: float,
-    priority: int,
-    exclusive: bool,
-) -> leases_pb2.AcquireRequest:
-    if (model_id is None) == (role is None):
-        raise ValueError("give exactly one of model_id or role")
-    req = leases_pb2.AcquireRequest(
-        client_name=client_name or f"pid {os.getpid()}",
-        ttl_seconds=ttl,
-        priority=priority,
-        exclusive=exclusive,
-        claim_within_seconds=CLAIM_WITHIN_S,
-    )
-    if model_id is not None:
-        req.model_id = model_id
-    else:
-        req.role = role or ""
-    return req
+class Client(BaseClient):
+    """Blocking client. Every method raises a `gpulet.GpuletError` subclass on failure.
 
+    `address`: `unix:///path`, a bare socket path, or `host:port` (default: `GPULET_ADDRESS`,
+    else the system or user socket). `channel`: a `grpc.Channel` to use instead of dialing
+    `address` (tests pass a `grpc_testing` channel); it is left open by `close()`.
+    `timeout`: seconds each call but `acquire()` and `watch()` may take."""
 
-def _step(r: leases_pb2.AcquireResponse, on_progress: ProgressCallback | None) -> Lease | None:
-    """One message of an Acquire stream: the lease once granted, else progress reported."""
-    which = r.WhichOneof("state")
-    if which == "granted":
-        return lease_from_pb(r.granted)
-    if on_progress is not None:
-        if which == "queued":
-            on_progress(Progress("queued", r.queued.position, r.queued.queue_length))
-        elif which == "loading":
-            on_progress(Progress("loading", model_id=r.loading.model_id))
-    return None
-
-
-def check_socket(address: str) -> None:
-    """Fail with a readable error before dialing a socket that does not exist, so that
-    "daemon not running" reads as that and not as a gRPC connect trace."""
-    path = socket_path(address)
-    if path is not None and not os.path.exists(path):
-        raise DaemonUnavailable(
-            f"gpuletd is not running: no socket at {path} "
-            "(start it with `make run` or `systemctl start gpuletd`, or set --address / "
-            "GPULET_ADDRESS)"
-        )
-
-
-class Client:
-    """Blocking client. Methods raise `gpulet.errors.GpuletError` subclasses."""
-
-    def __init__(self, *, address: str | None = None, timeout: float = 10.0) -> None:
-        self.address = address or default_address()
-        self.timeout = timeout
-        check_socket(self.address)
-        self._channel = grpc.insecure_channel(self.address)
-        self.profiles = profiles_pb2_grpc.ProfileServiceStub(self._channel)
-        self.selector = selector_pb2_grpc.SelectorServiceStub(self._channel)
-        self.leases = leases_pb2_grpc.LeaseServiceStub(self._channel)
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        channel: grpc.Channel | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(address=address, timeout=timeout)
+        self._owns_channel = channel is None
+        if channel is None:
+            check_socket(self.address)
+            channel = grpc.insecure_channel(self.address)
+        self._channel = channel
+        self._profiles = profiles_pb2_grpc.ProfileServiceStub(channel)
+        self._selector = selector_pb2_grpc.SelectorServiceStub(channel)
+        self._leases = leases_pb2_grpc.LeaseServiceStub(channel)
 
     def close(self) -> None:
-        self._channel.close()
+        if self._owns_channel:
+            self._channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -103,44 +84,47 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, method: Callable[..., T], request: Any, **kw: Any) -> T:
+    def _call(self, method: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp:
         try:
-            return method(request, timeout=kw.pop("timeout", self.timeout), **kw)
+            return method(request, timeout=self.timeout)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._unary_error(e, request) from None
 
-    def active_profile(self) -> profiles_pb2.GetActiveProfileResponse:
-        return self.call(self.profiles.GetActiveProfile, profiles_pb2.GetActiveProfileRequest())
+    # -- profiles and GPUs --------------------------------------------------------------------
 
-    def list_profiles(self) -> profiles_pb2.ListProfilesResponse:
-        return self.call(self.profiles.ListProfiles, profiles_pb2.ListProfilesRequest())
+    def active_profile(self) -> ActiveProfile:
+        r = self._call(self._profiles.GetActiveProfile, self._ACTIVE_PROFILE)
+        return convert.active_profile(r)
 
-    def get_profile(self, name: str) -> profiles_pb2.GetProfileResponse:
-        return self.call(self.profiles.GetProfile, profiles_pb2.GetProfileRequest(name=name))
+    def list_profiles(self) -> ProfileList:
+        return convert.profile_list(self._call(self._profiles.ListProfiles, self._LIST_PROFILES))
 
-    def gpu_status(self, *, include_processes: bool = False) -> profiles_pb2.GetGpuStatusResponse:
-        return self.call(
-            self.profiles.GetGpuStatus,
-            profiles_pb2.GetGpuStatusRequest(include_processes=include_processes),
-        )
+    def get_profile(self, name: str) -> Profile:
+        r = self._call(self._profiles.GetProfile, profiles_pb2.GetProfileRequest(name=name))
+        return convert.profile(r.profile)
 
-    def select(self, role: str, *, top_n: int | None = None) -> selector_pb2.SelectByRoleResponse:
-        req = selector_pb2.SelectByRoleRequest(role=role)
-        if top_n is not None:
-            req.top_n = top_n
-        return self.call(self.selector.SelectByRole, req)
+    def gpu_status(self, *, include_processes: bool = False) -> GpuStatus:
+        req = profiles_pb2.GetGpuStatusRequest(include_processes=include_processes)
+        return convert.gpu_status(self._call(self._profiles.GetGpuStatus, req))
 
-    def explain(self, role: str, model_id: str) -> selector_pb2.ExplainSelectionResponse:
-        return self.call(
-            self.selector.ExplainSelection,
-            selector_pb2.ExplainSelectionRequest(role=role, model_id=model_id),
-        )
+    # -- models and selection -----------------------------------------------------------------
 
-    def models(self) -> selector_pb2.ListModelsResponse:
-        return self.call(self.selector.ListModels, selector_pb2.ListModelsRequest())
+    def models(self) -> list[Model]:
+        r = self._call(self._selector.ListModels, self._LIST_MODELS)
+        return [convert.model(m) for m in r.models]
 
-    def roles(self) -> selector_pb2.ListRolesResponse:
-        return self.call(self.selector.ListRoles, selector_pb2.ListRolesRequest())
+    def roles(self) -> list[str]:
+        return list(self._call(self._selector.ListRoles, self._LIST_ROLES).roles)
+
+    def select(self, role: str, *, top_n: int | None = None) -> Selection:
+        r = self._call(self._selector.SelectByRole, self._select_request(role, top_n))
+        return convert.selection(r)
+
+    def explain(self, role: str, model_id: str) -> Explanation:
+        req = selector_pb2.ExplainSelectionRequest(role=role, model_id=model_id)
+        return convert.explanation(self._call(self._selector.ExplainSelection, req), role, model_id)
+
+    # -- leases -------------------------------------------------------------------------------
 
     def acquire(
         self,
@@ -148,47 +132,62 @@ class Client:
         *,
         role: str | None = None,
         client_name: str | None = None,
-        ttl: float = DEFAULT_TTL,
+        ttl: float | None = None,
         priority: int = 0,
         exclusive: bool = False,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> Lease:
-        """Wait (queued, then loading) until the lease is granted; `timeout` bounds the wait."""
-        req = acquire_request(model_id, role, client_name, ttl, priority, exclusive)
+        """Wait (queued, then loading) until the lease is granted, and claim it.
+
+        `ttl`: seconds the lease lives without renewal (None: the daemon's default, 60 s).
+        `timeout`: how long to wait for the grant (None: as long as it takes)."""
+        req = self._acquire_request(model_id, role, client_name, ttl, priority, exclusive, timeout)
+        lease: Lease | None = None
+        last: Progress | None = None
         try:
-            lease = None
             # Read to the end of the stream (the daemon ends it right after the grant):
             # closing it early would tell the daemon the grant never arrived.
-            for r in self.leases.Acquire(req, timeout=timeout):
-                lease = _step(r, on_progress) or lease
+            for r in self._leases.Acquire(req, timeout=timeout):
+                if r.HasField("granted"):
+                    lease = convert.lease(r.granted)
+                elif (step := convert.progress(r)) is not None:
+                    last = step
+                    if on_progress is not None:
+                        on_progress(step)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            waited = self._acquire_waited_for(model_id, role, last)
+            raise self._error(e, waited_for=waited, timeout=timeout) from None
         if lease is None:
-            raise DaemonUnavailable("gpuletd closed the Acquire stream without a grant")
+            raise self._no_grant()
         # The claim: the daemon learns the grant arrived (else it ends the lease soon).
-        lease.expires_at = self.renew(lease.lease_id, lease.token).expires_at
-        return lease
+        return self.renew(lease)
 
-    def renew(self, lease_id: str, token: str, *, ttl: float = 0.0) -> Lease:
-        r = self.call(
-            self.leases.Renew,
-            leases_pb2.RenewRequest(lease_id=lease_id, token=token, ttl_seconds=ttl),
-        )
-        return lease_from_pb(r.lease)
+    def renew(
+        self, lease: Lease | str, token: str | None = None, *, ttl: float | None = None
+    ) -> Lease:
+        """Extend `lease` (a `Lease`, or a lease id and its token) by `ttl` seconds from now
+        (None: the lease's own TTL). Returns the lease with its new `expires_at`."""
+        r = self._call(self._leases.Renew, self._renew_request(lease, token, ttl))
+        return self._renewed(lease, token, r)
 
-    def release(self, lease_id: str, token: str) -> None:
-        self.call(self.leases.Release, leases_pb2.ReleaseRequest(lease_id=lease_id, token=token))
+    def release(self, lease: Lease | str, token: str | None = None) -> None:
+        """End `lease` now: a `Lease`, or a lease id and its token."""
+        self._call(self._leases.Release, self._release_request(lease, token))
 
     def list_leases(self) -> list[Lease]:
-        r = self.call(self.leases.ListLeases, leases_pb2.ListLeasesRequest())
-        return [lease_from_pb(m) for m in r.leases]
+        """Every live lease, without tokens."""
+        r = self._call(self._leases.ListLeases, self._LIST_LEASES)
+        return [convert.lease(m) for m in r.leases]
 
-    def watch(self) -> Iterator[leases_pb2.WatchResponse]:
+    def watch(self) -> Iterator[WatchEvent]:
+        """Every state change of models and leases from now on, until the daemon stops."""
         try:
-            yield from self.leases.Watch(leases_pb2.WatchRequest(), timeout=None)
+            for r in self._leases.Watch(self._WATCH, timeout=None):
+                if (event := convert.watch_event(r)) is not None:
+                    yield event
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e, waited_for="events", timeout=None) from None
 
     @contextlib.contextmanager
     def lease(
@@ -197,7 +196,7 @@ class Client:
         *,
         role: str | None = None,
         client_name: str | None = None,
-        ttl: float = DEFAULT_TTL,
+        ttl: float | None = None,
         priority: int = 0,
         exclusive: bool = False,
         timeout: float | None = None,
@@ -206,7 +205,7 @@ class Client:
         """Hold a lease for the `with` block: renewed in the background, released on exit.
 
         If a renewal finds the lease gone (it expired, or the backend died), `lease.lost` is
-        set; the block is not interrupted."""
+        set and `lease.lost_reason` says why; the block is not interrupted."""
         lease = self.acquire(
             model_id,
             role=role,
@@ -219,7 +218,7 @@ class Client:
         )
         stop = threading.Event()
         thread = renew_in_thread(
-            lease, ttl, lambda: self.renew(lease.lease_id, lease.token, ttl=ttl), stop
+            lease, renew_interval(lease, ttl), lambda: self.renew(lease, ttl=ttl), stop
         )
         try:
             yield lease
@@ -228,155 +227,4 @@ class Client:
             thread.join()
             if not lease.lost.is_set():
                 with contextlib.suppress(GpuletError):
-                    self.release(lease.lease_id, lease.token)
-
-
-class AsyncClient:
-    """asyncio client with the same methods as `Client`, as coroutines."""
-
-    def __init__(self, *, address: str | None = None, timeout: float = 10.0) -> None:
-        self.address = address or default_address()
-        self.timeout = timeout
-        check_socket(self.address)
-        self._channel = grpc.aio.insecure_channel(self.address)
-        self.profiles = profiles_pb2_grpc.ProfileServiceStub(self._channel)
-        self.selector = selector_pb2_grpc.SelectorServiceStub(self._channel)
-        self.leases = leases_pb2_grpc.LeaseServiceStub(self._channel)
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def call(self, method: Callable[..., Awaitable[T]], request: Any, **kw: Any) -> T:
-        try:
-            return await method(request, timeout=kw.pop("timeout", self.timeout), **kw)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-
-    async def active_profile(self) -> profiles_pb2.GetActiveProfileResponse:
-        return await self.call(
-            self.profiles.GetActiveProfile, profiles_pb2.GetActiveProfileRequest()
-        )
-
-    async def select(
-        self, role: str, *, top_n: int | None = None
-    ) -> selector_pb2.SelectByRoleResponse:
-        req = selector_pb2.SelectByRoleRequest(role=role)
-        if top_n is not None:
-            req.top_n = top_n
-        return await self.call(self.selector.SelectByRole, req)
-
-    async def explain(self, role: str, model_id: str) -> selector_pb2.ExplainSelectionResponse:
-        return await self.call(
-            self.selector.ExplainSelection,
-            selector_pb2.ExplainSelectionRequest(role=role, model_id=model_id),
-        )
-
-    async def list_profiles(self) -> profiles_pb2.ListProfilesResponse:
-        return await self.call(self.profiles.ListProfiles, profiles_pb2.ListProfilesRequest())
-
-    async def get_profile(self, name: str) -> profiles_pb2.GetProfileResponse:
-        return await self.call(self.profiles.GetProfile, profiles_pb2.GetProfileRequest(name=name))
-
-    async def gpu_status(
-        self, *, include_processes: bool = False
-    ) -> profiles_pb2.GetGpuStatusResponse:
-        return await self.call(
-            self.profiles.GetGpuStatus,
-            profiles_pb2.GetGpuStatusRequest(include_processes=include_processes),
-        )
-
-    async def roles(self) -> selector_pb2.ListRolesResponse:
-        return await self.call(self.selector.ListRoles, selector_pb2.ListRolesRequest())
-
-    async def watch(self) -> AsyncIterator[leases_pb2.WatchResponse]:
-        try:
-            async for r in self.leases.Watch(leases_pb2.WatchRequest(), timeout=None):
-                yield r
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-
-    async def models(self) -> selector_pb2.ListModelsResponse:
-        return await self.call(self.selector.ListModels, selector_pb2.ListModelsRequest())
-
-    async def acquire(
-        self,
-        model_id: str | None = None,
-        *,
-        role: str | None = None,
-        client_name: str | None = None,
-        ttl: float = DEFAULT_TTL,
-        priority: int = 0,
-        exclusive: bool = False,
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-    ) -> Lease:
-        req = acquire_request(model_id, role, client_name, ttl, priority, exclusive)
-        try:
-            lease = None
-            async for r in self.leases.Acquire(req, timeout=timeout):
-                lease = _step(r, on_progress) or lease
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-        if lease is None:
-            raise DaemonUnavailable("gpuletd closed the Acquire stream without a grant")
-        lease.expires_at = (await self.renew(lease.lease_id, lease.token)).expires_at
-        return lease
-
-    async def renew(self, lease_id: str, token: str, *, ttl: float = 0.0) -> Lease:
-        r = await self.call(
-            self.leases.Renew,
-            leases_pb2.RenewRequest(lease_id=lease_id, token=token, ttl_seconds=ttl),
-        )
-        return lease_from_pb(r.lease)
-
-    async def release(self, lease_id: str, token: str) -> None:
-        await self.call(
-            self.leases.Release, leases_pb2.ReleaseRequest(lease_id=lease_id, token=token)
-        )
-
-    async def list_leases(self) -> list[Lease]:
-        r = await self.call(self.leases.ListLeases, leases_pb2.ListLeasesRequest())
-        return [lease_from_pb(m) for m in r.leases]
-
-    @contextlib.asynccontextmanager
-    async def lease(
-        self,
-        model_id: str | None = None,
-        *,
-        role: str | None = None,
-        client_name: str | None = None,
-        ttl: float = DEFAULT_TTL,
-        priority: int = 0,
-        exclusive: bool = False,
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-    ) -> AsyncIterator[Lease]:
-        lease = await self.acquire(
-            model_id,
-            role=role,
-            client_name=client_name,
-            ttl=ttl,
-            priority=priority,
-            exclusive=exclusive,
-            timeout=timeout,
-            on_progress=on_progress,
-        )
-        renewer = asyncio.create_task(
-            renew_in_task(lease, ttl, lambda: self.renew(lease.lease_id, lease.token, ttl=ttl))
-        )
-        try:
-            yield lease
-        finally:
-            renewer.cancel()
-            # wait() (unlike awaiting the task) does not raise the renewer's cancellation,
-            # so a cancellation of this task itself still propagates.
-            await asyncio.wait([renewer])
-            if not lease.lost.is_set():
-                with contextlib.suppress(GpuletError):
-                    await self.release(lease.lease_id, lease.token)
+                    self.release(lease)

@@ -131,12 +131,16 @@ class Daemon:
                 SimulatedGpuSink(runtime.poller.probe, self.executor, self.supervisor)
             )
         self.executor.add_sink(self.watch)
-        self.executor.add_sink(LogSink())
+        self.executor.add_sink(LogSink(self._client_of))
         self.executor.add_sink(self.leases)
 
     @property
     def core(self) -> Scheduler:
         return self.executor.core
+
+    def _client_of(self, lease_id: str) -> str:
+        view = self.core.lease(lease_id)
+        return view.client if view is not None else ""
 
     async def open(self) -> None:
         """Before serving: become the subreaper of every backend, and reconcile the previous
@@ -184,7 +188,7 @@ class Daemon:
             models=len(config.registry.models),
         )
         for w in active.warnings:
-            log.warning("profile.warning", warning=w)
+            log.warning("profile.warned", warning=w)
         return True
 
     def status(self) -> dict[str, object]:
@@ -200,12 +204,19 @@ class Daemon:
 
     # -- the end ------------------------------------------------------------------------------
 
+    def quiesce(self) -> None:
+        """Before the server's graceful stop: end the streams that would hold it open until
+        its grace runs out. Waiting Acquires are told UNAVAILABLE (and nothing new is granted),
+        Watch subscribers that the daemon is shutting down. Called again by stop and handoff,
+        for callers (tests) that skip it; the second time does nothing."""
+        self.leases.drain()
+        self.watch.close()
+
     async def stop(self) -> None:
         """A clean stop: every backend stopped, nothing left running, the saved state cleared."""
-        self.leases.drain()
+        self.quiesce()
         await self.executor.stop()
         await self.supervisor.close()
-        self.watch.close()
         if self.store is not None:
             try:
                 self.store.clear_state()
@@ -217,10 +228,9 @@ class Daemon:
         """Leave the backends running for the next gpuletd: save the state and close the store.
         The caller then exits at once (see main.py: the event loop's own shutdown would cancel
         the tasks that own starting backends, and a cancelled start kills its process)."""
-        self.leases.drain()
+        self.quiesce()
         await self.executor.stop()
         self.supervisor.freeze()
-        self.watch.close()
         if self.store is not None and self._store_sink is not None:
             self._store_sink.save()
             self.store.close()

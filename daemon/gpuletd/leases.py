@@ -18,6 +18,15 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import assert_never
 
+from gpuletd.bounds import (
+    MIN_TTL_S,
+    Refused,
+    check_client_name,
+    check_name,
+    check_token,
+    listing,
+    quote,
+)
 from gpuletd.executor import Executor
 from gpuletd.runtime import Runtime
 from gpuletd.scheduler import (
@@ -36,10 +45,11 @@ from gpuletd.scheduler import (
     StartBackend,
     StopBackend,
 )
-from gpuletd.selector import UnknownRole, select
+from gpuletd.selector import select
 
 __all__ = [
     "LEASE_ID",
+    "TOKEN_PREFIX",
     "AcquireUpdate",
     "LeaseFailed",
     "LeaseInfo",
@@ -50,22 +60,24 @@ __all__ = [
 LEASE_ID = re.compile(r"^l-[0-9a-f]{16}$")
 # Aging gains one level per interval: an unbounded priority would starve everyone else.
 PRIORITY_RANGE = range(-1000, 1001)
-# A caller that needs longer than this to claim its grant is not waiting for it.
+# A caller that needs longer than this to claim its grant is not waiting for it; one that
+# promises less than this cannot keep the promise (a claim is a round trip), and a window such
+# as 5e-324 s would end every grant as it is made.
 MAX_CLAIM_WITHIN_S = 300.0
-# Client names are shown in `gpulet lease list`, Watch and logs: bounded like any client input.
-MAX_CLIENT_NAME = 128
+MIN_CLAIM_WITHIN_S = 0.1
+# Tokens start with a fixed prefix: never with `-` (which a shell command line takes for an
+# option), and greppable by secret scanners (like GitHub's `ghp_`).
+TOKEN_PREFIX = "gpl_"
 
 
-class LeaseFailed(Exception):
-    """A lease operation refused: `code` names the gRPC status, `reason` the ErrorInfo reason,
-    `field` the request field at fault (empty when none is)."""
+class LeaseFailed(Refused):
+    """A lease operation refused (see `Refused`): also raised once a request is under way, for
+    the fate the core decided (NOT_FOUND, DEADLINE_EXCEEDED, shutting down, ...)."""
 
-    def __init__(self, code: str, reason: str, message: str, field: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.field = field
+
+def new_token() -> str:
+    # 24 random bytes, url-safe base64 (A-Z a-z 0-9 - _) behind the prefix.
+    return TOKEN_PREFIX + secrets.token_urlsafe(24)
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,8 @@ class LeaseManager:
 
     def drain(self) -> None:
         """Shutting down: refuse new requests and end the waiting ones with UNAVAILABLE."""
+        if self._closing:
+            return
         self._closing = True
         for q in self._waiters.values():
             q.put_nowait(None)
@@ -141,19 +155,24 @@ class LeaseManager:
         claim_within_s: float = 0.0,
     ) -> AsyncGenerator[AcquireUpdate, None]:
         """Yields Queued / Loading updates, then the granted LeaseInfo (with its token), or
-        raises LeaseFailed. Closed before the grant, the request leaves the queue.
+        raises Refused (LeaseFailed, UnknownRole, a bound). Closed before the grant, the request
+        leaves the queue.
 
         A grant can be on its way when the caller goes away, and nothing on the server tells
         whether it was read: a caller that passes `claim_within_s` promises to renew (or
         release) it within that time, and a grant not claimed by then ends. A cancellation
         the RPC layer does see is handed to `abandon`."""
         self._check_ttl(ttl_s)
-        if not (math.isfinite(claim_within_s) and 0 <= claim_within_s <= MAX_CLAIM_WITHIN_S):
+        check_client_name(client)
+        if not (
+            math.isfinite(claim_within_s)
+            and (claim_within_s == 0 or MIN_CLAIM_WITHIN_S <= claim_within_s <= MAX_CLAIM_WITHIN_S)
+        ):
             raise LeaseFailed(
                 "INVALID_ARGUMENT",
                 "INVALID_ARGUMENT",
-                f"claim_within_seconds: must be between 0 (no claim) and "
-                f"{MAX_CLAIM_WITHIN_S:g} s, got {claim_within_s:g}",
+                f"claim_within_seconds: must be 0 (no claim) or between {MIN_CLAIM_WITHIN_S:g} "
+                f"and {MAX_CLAIM_WITHIN_S:g} s, got {claim_within_s:g}",
                 "claim_within_seconds",
             )
         if priority not in PRIORITY_RANGE:
@@ -164,17 +183,10 @@ class LeaseManager:
                 f"{PRIORITY_RANGE.stop - 1}, got {priority}",
                 "priority",
             )
-        if len(client) > MAX_CLIENT_NAME:
-            raise LeaseFailed(
-                "INVALID_ARGUMENT",
-                "INVALID_ARGUMENT",
-                f"client_name: at most {MAX_CLIENT_NAME} characters, got {len(client)} "
-                f"({client[:20]!r}...)",
-                "client_name",
-            )
         if self._closing:
             raise LeaseFailed("UNAVAILABLE", "SHUTTING_DOWN", "gpuletd is shutting down")
         if role:
+            check_name("role", role)
             model_id = self._pick_for_role(role)
         elif not model_id:
             raise LeaseFailed(
@@ -183,8 +195,10 @@ class LeaseManager:
                 "model_id or role: one of them is required",
                 "model_id",
             )
+        else:
+            check_name("model_id", model_id)
         rid = f"l-{secrets.token_hex(8)}"
-        token = secrets.token_urlsafe(24)
+        token = new_token()
         queue: asyncio.Queue[Decision | None] = asyncio.Queue()
         self._waiters[rid] = queue
         granted = False
@@ -211,8 +225,7 @@ class LeaseManager:
                             "UNAVAILABLE", "SHUTTING_DOWN", "gpuletd is shutting down"
                         )
                     case Rejected():
-                        field = "model_id" if d.reason.value == "UNKNOWN_MODEL" else ""
-                        raise LeaseFailed(d.code.value, d.reason.value, d.message, field)
+                        raise self._rejection(d, model_id)
                     case Granted():
                         granted = True
                         if self._ex.core.lease(rid) is None:
@@ -289,16 +302,37 @@ class LeaseManager:
 
     def _check_ttl(self, ttl_s: float) -> None:
         # A lease longer than this would pin its model past any holder's life: a holder that
-        # needs more renews (the clients do it in the background).
+        # needs more renews (the clients do it in the background). One shorter than a second
+        # expires before its holder can use it (0 is not short: it means the default).
         limit = self._rt.config.max_lease_ttl_s
         if not (math.isfinite(ttl_s) and 0 <= ttl_s <= limit):
             raise LeaseFailed(
                 "INVALID_ARGUMENT",
                 "INVALID_TTL",
-                f"ttl_seconds: must be between 0 (the default) and {limit:g} s "
+                f"ttl_seconds: must be 0 (the default) or between {MIN_TTL_S:g} and {limit:g} s "
                 f"(max_lease_ttl_seconds), got {ttl_s:g}; renew to hold a lease longer",
                 "ttl_seconds",
             )
+        if 0 < ttl_s < MIN_TTL_S:
+            raise LeaseFailed(
+                "INVALID_ARGUMENT",
+                "INVALID_TTL",
+                f"ttl_seconds: at least {MIN_TTL_S:g} s (or 0 for the default), got {ttl_s:g}: "
+                "a shorter lease would expire before its holder could use or renew it",
+                "ttl_seconds",
+            )
+
+    def _rejection(self, d: Rejected, model_id: str) -> LeaseFailed:
+        if d.reason.value != "UNKNOWN_MODEL":
+            return LeaseFailed(d.code.value, d.reason.value, d.message)
+        # The core's message repeats the id in full; a refusal quotes a short prefix.
+        return LeaseFailed(
+            d.code.value,
+            d.reason.value,
+            f"model_id: unknown model {quote(model_id)}; known models: "
+            f"{listing(self._rt.registry.models)}",
+            "model_id",
+        )
 
     def _pick_for_role(self, role: str) -> str:
         loaded = {
@@ -306,15 +340,13 @@ class LeaseManager:
             for mid, v in self._ex.core.models().items()
             if v.state in (ModelState.LOADED, ModelState.LOADING)
         }
-        try:
-            best = select(self._rt.registry, self._rt.profile, role, 1, loaded=loaded)
-        except UnknownRole as e:
-            raise LeaseFailed("INVALID_ARGUMENT", "UNKNOWN_ROLE", f"role: {e}", "role") from None
+        # An unknown role raises UnknownRole, a refusal naming the field.
+        best = select(self._rt.registry, self._rt.profile, role, 1, loaded=loaded)
         if not best:
             raise LeaseFailed(
                 "RESOURCE_EXHAUSTED",
                 "MODEL_TOO_LARGE",
-                f"role: no model for {role[:64]!r} fits profile {self._rt.profile.name} "
+                f"role: no model for {quote(role)} fits profile {self._rt.profile.name} "
                 f"(max_vram_mb={self._rt.profile.max_vram_mb})",
                 "role",
             )
@@ -325,9 +357,10 @@ class LeaseManager:
             raise LeaseFailed(
                 "INVALID_ARGUMENT",
                 "MALFORMED_LEASE_ID",
-                f"lease_id: {lease_id[:40]!r} is not a lease id (l- and 16 hex digits)",
+                f"lease_id: {quote(lease_id)} is not a lease id (l- and 16 hex digits)",
                 "lease_id",
             )
+        check_token(token)
         expected = self._ex.core.lease_secret(lease_id)
         # Unknown or ended leases fall through to the core, which says which of the two.
         if expected is not None and not hmac.compare_digest(expected, _digest(token)):

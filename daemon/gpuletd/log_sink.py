@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import assert_never
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, assert_never
 
 import structlog
 
@@ -27,36 +28,54 @@ __all__ = ["LogSink"]
 
 log = structlog.get_logger("gpuletd.scheduler")
 
+# How loud each end of a lease is: a release or a cancel is its holder's own doing; an expiry
+# means a holder stopped renewing (it died or hung), a backend death took the lease away.
+_END_LEVEL = {
+    LeaseEndReason.RELEASED: logging.INFO,
+    LeaseEndReason.CANCELLED: logging.INFO,
+    LeaseEndReason.EXPIRED: logging.WARNING,
+    LeaseEndReason.BACKEND_DIED: logging.WARNING,
+}
+
+
+def _lease_log(lease_id: str, model_id: str, client: str) -> Any:
+    # One set of keys on every lease line, so `lease=l-...` finds a lease's whole life.
+    return log.bind(lease=lease_id, model=model_id, client=client or None)
+
 
 class LogSink:
+    """One canonical line per lease lifecycle event (`lease.granted`, `lease.renewed` at debug,
+    `lease.released`, `lease.expired`, `lease.cancelled`, `lease.backend_died`) and per model
+    change worth finding later. `client_of` names a live lease's holder (a Renewed decision
+    does not carry it)."""
+
+    def __init__(self, client_of: Callable[[str], str] = lambda _: "") -> None:
+        self._client_of = client_of
+
     def apply(self, decisions: Sequence[Decision]) -> None:
         for d in decisions:
             match d:
                 case Granted():
-                    log.info(
-                        "lease.granted",
-                        lease=d.lease_id,
-                        model=d.model_id,
-                        client=d.client or None,
-                        gpus=d.gpu_uuids,
+                    _lease_log(d.lease_id, d.model_id, d.client).info(
+                        "lease.granted", gpus=d.gpu_uuids, ttl_s=d.ttl_s, exclusive=d.exclusive
+                    )
+                case Renewed():
+                    _lease_log(d.lease_id, d.model_id, self._client_of(d.lease_id)).debug(
+                        "lease.renewed", ttl_s=d.ttl_s
                     )
                 case LeaseEnded():
-                    # A release is the normal end and is the holder's own doing: not logged.
-                    if d.reason is not LeaseEndReason.RELEASED:
-                        log.info(
-                            "lease.ended",
-                            lease=d.lease_id,
-                            model=d.model_id,
-                            reason=d.reason.value,
-                            detail=d.message,
-                        )
+                    _lease_log(d.lease_id, d.model_id, d.client).log(
+                        _END_LEVEL.get(d.reason, logging.INFO),
+                        f"lease.{d.reason.value}",
+                        detail=d.message,
+                    )
                 case StopBackend():
                     log.info(
                         "model.stopping", model=d.model_id, reason=d.reason.value, detail=d.message
                     )
                 case ModelStateChanged():
                     log.info(
-                        "model.state",
+                        "model.state_changed",
                         model=d.model_id,
                         state=d.state.value,
                         gpus=d.gpu_uuids,
@@ -66,7 +85,7 @@ class LogSink:
                     log.warning("preload.skipped", model=d.model_id, reason=d.message)
                 case Rejected():
                     log.debug("request.rejected", request=d.request_id, reason=d.reason.value)
-                case Queued() | Loading() | Renewed() | LeaseRefused() | StartBackend():
+                case Queued() | Loading() | LeaseRefused() | StartBackend():
                     pass
                 case _:
                     assert_never(d)

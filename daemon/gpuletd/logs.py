@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
 
 import structlog
 
-__all__ = ["setup_logging"]
+__all__ = ["colors_wanted", "renderer", "setup_logging"]
+
+
+def colors_wanted(environ: Mapping[str, str] | None = None, *, tty: bool | None = None) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set to anything but the empty
+    string (https://no-color.org)."""
+    env = os.environ if environ is None else environ
+    if env.get("NO_COLOR"):
+        return False
+    return sys.stderr.isatty() if tty is None else tty
+
+
+def renderer(*, json: bool, colors: bool) -> structlog.typing.Processor:
+    if json:
+        return structlog.processors.JSONRenderer()
+    if colors:
+        return structlog.dev.ConsoleRenderer(colors=True)
+    # The default traceback formatter (rich, when installed) would colour on its own.
+    return structlog.dev.ConsoleRenderer(
+        colors=False, exception_formatter=structlog.dev.plain_traceback
+    )
 
 
 def setup_logging(level: str = "info", *, json: bool | None = None) -> None:
     if json is None:
         json = not sys.stderr.isatty()
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
-    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -24,7 +43,7 @@ def setup_logging(level: str = "info", *, json: bool | None = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
-            renderer,
+            renderer(json=json, colors=colors_wanted()),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

@@ -179,7 +179,7 @@ def _make_probe(spec: str | None) -> GpuProbe | None:
     try:
         from gpuletd.probe.nvml import NvmlProbe
     except ImportError as e:  # the binding is a dependency, but a broken install must not crash
-        log.warning("NVML binding not importable; running without GPUs", error=str(e))
+        log.warning("probe.binding_unavailable", error=str(e), action="running without GPUs")
         return None
     return NvmlProbe()
 
@@ -327,15 +327,17 @@ async def _serve(ns: argparse.Namespace) -> int:
             state_dir=str(state_dir),
         )
         for w in active.warnings:
-            log.warning("profile.warning", warning=w)
+            log.warning("profile.warned", warning=w)
         interval = watchdog_interval()
         dog = asyncio.create_task(_watchdog(interval)) if interval else None
         ending = await signals.ending()
         if dog:
             dog.cancel()
-        # Waiting requests are told UNAVAILABLE and nothing new is granted; then the streams
-        # end; then (stop) every backend is stopped, or (handoff) left for the next daemon.
-        daemon.leases.drain()
+        # Waiting requests are told UNAVAILABLE and nothing new is granted, Watch streams end
+        # (before the graceful stop: a connected `gpulet watch` would otherwise hold it for
+        # the whole grace); then the server stops; then (stop) every backend is stopped, or
+        # (handoff) left for the next daemon.
+        daemon.quiesce()
         await server.set_serving(False)
         await server.grpc_server.stop(grace=5)
         if ending is Ending.HANDOFF:
@@ -362,7 +364,7 @@ def _reexec() -> NoReturn:
     the event loop's shutdown would cancel the tasks that own starting backends, and a
     cancelled start kills its process group."""
     argv = [sys.executable, *sys.orig_argv[1:]]
-    log.info("daemon.reexec", argv=argv)
+    log.info("daemon.reexecuting", argv=argv)
     sys.stdout.flush()
     sys.stderr.flush()
     ignore_until_handled()

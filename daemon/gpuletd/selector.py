@@ -6,21 +6,31 @@ import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from gpuletd.bounds import Refused, listing, quote
 from gpuletd.profiles import Bias, Profile
 from gpuletd.registry import Model, Registry
 
 __all__ = ["ExplainStatus", "Explanation", "InvalidTopN", "UnknownRole", "explain", "select"]
 
 
-class UnknownRole(ValueError):
+class UnknownRole(Refused):
     def __init__(self, role: str, known: Sequence[str]) -> None:
-        super().__init__(f"unknown role {role!r} (known roles: {', '.join(known) or 'none'})")
+        # The role is the caller's: quoted short, so the message fits in gRPC's trailers.
+        super().__init__(
+            "INVALID_ARGUMENT",
+            "UNKNOWN_ROLE",
+            f"role: unknown role {quote(role)} (known roles: {listing(known, 20)})",
+            "role",
+        )
         self.role = role
         self.known = tuple(known)
 
 
-class InvalidTopN(ValueError):
-    pass
+class InvalidTopN(Refused):
+    def __init__(self, top_n: int) -> None:
+        super().__init__(
+            "INVALID_ARGUMENT", "INVALID_TOP_N", f"top_n: must be >= 1, got {top_n}", "top_n"
+        )
 
 
 class ExplainStatus(enum.Enum):
@@ -74,7 +84,7 @@ def select(
     """Best first: role priority, then (on ties) a loaded model, quantization preference,
     VRAM per the profile's bias (low first for vram_efficient, high first for quality)."""
     if top_n < 1:
-        raise InvalidTopN(f"top_n must be >= 1, got {top_n}")
+        raise InvalidTopN(top_n)
     known = registry.roles()
     if role not in known:
         raise UnknownRole(role, known)
@@ -82,18 +92,23 @@ def select(
 
 
 def explain(registry: Registry, profile: Profile, role: str, model_id: str) -> Explanation:
+    """Raises UnknownRole, as `select` does: a role no model has is a bad request, not a
+    "no support" answer about one model."""
+    known = registry.roles()
+    if role not in known:
+        raise UnknownRole(role, known)
     model = registry.get(model_id)
     if model is None:
         return Explanation(
             ExplainStatus.NOT_FOUND,
-            f"no model {model_id!r} in the registry ({len(registry.models)} models: "
-            f"{', '.join(registry.models)})",
+            f"no model {quote(model_id)} in the registry ({len(registry.models)} models: "
+            f"{listing(registry.models)})",
         )
     if role not in model.role_priority:
         roles = ", ".join(sorted(model.role_priority)) or "none"
         return Explanation(
             ExplainStatus.NO_SUPPORT,
-            f"{model_id} has no role_priority for {role!r} (its roles: {roles})",
+            f"{model_id} has no role_priority for {quote(role)} (its roles: {roles})",
         )
     if model.vram_estimate_mb > profile.max_vram_mb:
         return Explanation(

@@ -25,6 +25,7 @@ from gpulet.v1 import (
 )
 from gpuletd.daemon import Daemon
 from gpuletd.runtime import Runtime
+from gpuletd.services.decoding import DecodeGuard
 from gpuletd.services.lease_service import LeaseService
 from gpuletd.services.profile_service import ProfileService
 from gpuletd.services.selector_service import SelectorService
@@ -122,7 +123,8 @@ class Server:
 
 
 def build_server(runtime: Runtime, daemon: Daemon) -> Server:
-    server = grpc.aio.server()
+    # Requests that do not parse (non-UTF-8 strings) get INVALID_ARGUMENT, not UNKNOWN.
+    server = grpc.aio.server(interceptors=[DecodeGuard()])
     profiles_pb2_grpc.add_ProfileServiceServicer_to_server(
         ProfileService(runtime, daemon.core, daemon.supervisor), server
     )

@@ -63,26 +63,28 @@ class Signals:
         name = sig.name
         if self._ending.done():
             log.warning(
-                "daemon.signal", signal=name, action=f"ignored: {self._ending.result().value}"
+                "daemon.signal_received",
+                signal=name,
+                action=f"ignored: {self._ending.result().value}",
             )
             return
         if sig in _STOP:
-            log.info("daemon.signal", signal=name, action="stop")
+            log.info("daemon.signal_received", signal=name, action="stop")
             notify("STOPPING=1", f"STATUS={Ending.STOP.value}")
             self._ending.set_result(Ending.STOP)
         elif sig is signal.SIGUSR2:
-            log.info("daemon.signal", signal=name, action="hand off")
+            log.info("daemon.signal_received", signal=name, action="hand off")
             # The same process comes back (re-executed) and says READY=1 again.
             notify("RELOADING=1", _monotonic_usec(), f"STATUS={Ending.HANDOFF.value}")
             self._ending.set_result(Ending.HANDOFF)
         elif sig is signal.SIGPIPE:
             # A reader went away (a closed terminal, a log pipe). The write that caused it
             # fails with EPIPE where it happened; the daemon goes on.
-            log.warning("daemon.signal", signal=name, action="ignored")
+            log.warning("daemon.signal_received", signal=name, action="ignored")
         elif self._daemon is None or self._reload is None:
-            log.warning("daemon.signal", signal=name, action="ignored: still starting")
+            log.warning("daemon.signal_received", signal=name, action="ignored: still starting")
         elif sig is signal.SIGHUP:
-            log.info("daemon.signal", signal=name, action="reload")
+            log.info("daemon.signal_received", signal=name, action="reload")
             notify("RELOADING=1", _monotonic_usec())
             self._reload()
             notify("READY=1", f"STATUS=serving, profile {self._daemon.runtime.profile.name}")

@@ -22,9 +22,9 @@ from gpuletd.scheduler import (
     StartBackend,
     StopBackend,
 )
-from gpuletd.watch_hub import WatchClosed, WatchHub, WatchOverflow
+from gpuletd.watch_hub import MAX_BACKLOG_BYTES, WatchClosed, WatchHub, WatchOverflow
 
-__all__ = ["LeaseEvent", "WatchEvent", "WatchSink"]
+__all__ = ["LeaseEvent", "WatchEvent", "WatchSink", "event_size"]
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,28 @@ class LeaseEvent:
 
 WatchEvent = ModelStateChanged | LeaseEvent
 
+# What an event holds alive beyond its strings (the objects, their dicts, the GPU tuple),
+# measured roughly with sys.getsizeof: the estimate must be cheap, not exact.
+_LEASE_EVENT_BYTES = 1024
+_MODEL_EVENT_BYTES = 512
+
+
+def event_size(ev: WatchEvent) -> int:
+    """A cheap estimate of the memory an event keeps alive while it waits in a backlog:
+    fixed overhead plus its strings (no serialization, it runs once per event)."""
+    if isinstance(ev, LeaseEvent):
+        x = ev.lease
+        strings = (x.lease_id, x.model_id, x.endpoint, x.client, ev.reason, *x.gpu_uuids)
+        return _LEASE_EVENT_BYTES + sum(len(t) for t in strings)
+    return _MODEL_EVENT_BYTES + len(ev.model_id) + len(ev.message) + sum(map(len, ev.gpu_uuids))
+
 
 class WatchSink:
-    def __init__(self, executor: Executor, *, buffer: int = 1024) -> None:
+    def __init__(
+        self, executor: Executor, *, buffer: int = 1024, max_bytes: int = MAX_BACKLOG_BYTES
+    ) -> None:
         self._ex = executor
-        self.hub: WatchHub[WatchEvent] = WatchHub(buffer)
+        self.hub: WatchHub[WatchEvent] = WatchHub(buffer, max_bytes=max_bytes, size=event_size)
 
     def apply(self, decisions: Sequence[Decision]) -> None:
         for d in decisions:

@@ -60,7 +60,9 @@ def test_explain_roles_models_gpus_profile_list(d16: Daemon) -> None:
     e = d16.cli_json("explain", "caption", "qwen3-vl")
     assert e["status"] == "eligible" and "rank 1" in e["reason"]
     assert d16.cli_json("explain", "caption", "gpt-oss-20b")["status"] == "no_support"
-    assert d16.cli_json("explain", "caption", "ghost")["status"] == "not_found"
+    ghost = d16.cli("explain", "caption", "ghost", "--json")
+    assert ghost.returncode == 3  # not found, as for every other command
+    assert json.loads(ghost.stdout)["status"] == "not_found"
     assert "keywords" in d16.cli_json("roles")["roles"]
     models = {m["id"]: m for m in d16.cli_json("models")["models"]}
     assert models["qwen25vl"]["vram_estimate_mb"] == 6400

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import gpulet
-from gpulet.v1 import types_pb2
 from tests.helpers import Daemon
 
 pytestmark = pytest.mark.system
@@ -135,7 +134,7 @@ def test_queued_request_is_granted_when_the_holder_releases(tmp_path: Path, pidd
             # One model at a time on constrained_16gb: A's process is gone by the time B runs.
             assert not alive(a_pid)
             assert alive(pid_of(piddir, "model-b"))
-            models = {m.id: m for m in c.models().models}
+            models = {m.id: m for m in c.models()}
             assert models["model-b"].lease_count == 1, d.output()
             c.release(got["b"].lease_id, got["b"].token)
     finally:
@@ -159,8 +158,8 @@ def test_released_model_unloads_right_after_its_grace_period(tmp_path: Path, pid
             assert wait_until(
                 lambda: not alive(pid), timeout=grace + 1.0 - (time.monotonic() - released)
             )
-            state = {m.id: m.state for m in c.models().models}["m"]
-            assert state in (types_pb2.MODEL_STATE_UNLOADED, types_pb2.MODEL_STATE_UNLOADING)
+            state = {m.id: m.state for m in c.models()}["m"]
+            assert state in (gpulet.ModelState.UNLOADED, gpulet.ModelState.UNLOADING)
     finally:
         d.stop()
 
@@ -215,7 +214,7 @@ def test_never_healthy_backend_fails_and_leaves_nothing_behind(
                 return gpu.used_mb == 0 and not gpu.placed
 
             assert wait_until(released, timeout=5)
-            assert {m.id: m for m in c.models().models}["sick"].lease_count == 0
+            assert {m.id: m for m in c.models()}["sick"].lease_count == 0
     finally:
         d.stop()
 
@@ -290,7 +289,11 @@ def test_gpulet_run_holds_a_lease_and_passes_the_exit_code(tmp_path: Path, piddi
 def test_lease_cli_json_and_token_checks(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, reservation_model("r", 2000))
     try:
-        lease = d.cli_json("lease", "acquire", "--role", "caption")
+        acquired = d.cli("lease", "acquire", "--role", "caption", "--json")
+        assert acquired.returncode == 0, acquired.stderr
+        # JSON lines: each step (loading), then the grant.
+        *steps, lease = [json.loads(line) for line in acquired.stdout.splitlines()]
+        assert lease["state"] == "granted" and all(s["state"] != "granted" for s in steps)
         assert {
             "lease_id",
             "token",
@@ -388,5 +391,5 @@ def test_shutdown_tells_queued_requests_it_is_shutting_down(tmp_path: Path) -> N
         assert waiter.poll() is None
     assert d.stop() == 0
     _, err = waiter.communicate(timeout=10)
-    assert waiter.returncode == 1
+    assert waiter.returncode == 6  # unreachable: gpuletd is shutting down
     assert "shutting down" in err

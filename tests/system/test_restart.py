@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 import gpulet
-from gpulet.v1 import types_pb2
 from tests.helpers import GPULET, GPULETD, Daemon, clean_env
 from tests.system.test_leases import (
     alive,
@@ -37,8 +36,7 @@ def daemon(tmp_path: Path, config: str, *args: str) -> Daemon:
 
 
 def states(c: gpulet.Client) -> dict[str, str]:
-    name = types_pb2.ModelState.Name
-    return {m.id: name(m.state).removeprefix("MODEL_STATE_").lower() for m in c.models().models}
+    return {m.id: m.state.value for m in c.models()}
 
 
 def kill9(d: Daemon) -> None:

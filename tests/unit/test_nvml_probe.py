@@ -366,7 +366,7 @@ def test_process_list_error_is_empty_and_warned_once(fake: FakeNvml, probe: Nvml
     with capture_logs() as logs:
         assert probe.processes(UUID0) == ()
         assert probe.processes(UUID0) == ()
-    assert [e["event"] for e in logs] == ["nvml_processes_failed"]
+    assert [e["event"] for e in logs] == ["gpu.processes_read_failed"]
     assert probe.processes(UUID0) == (GpuProcess(31, 1),)
     assert [s.state for s in probe.read()] == [GpuState.OK, GpuState.OK]
 

@@ -3,32 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
+import gpulet
 from gpulet.address import default_address
-from gpulet.cli import lease, models, profile, run, watch
+from gpulet.cli import args, lease, models, profile, run, watch
+from gpulet.cli.exits import HELP, Exit, exit_code
+from gpulet.cli.output import err
 from gpulet.client import Client
 from gpulet.errors import GpuletError
 
-__all__ = ["main"]
+__all__ = ["Handler", "main"]
 
 Handler = Callable[[Client, argparse.Namespace], int]
 
+DEBUG_ENV = "GPULET_DEBUG"
+
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = args.ArgumentParser(
         prog="gpulet",
         description="Ask gpuletd (the node's GPU model broker) about profiles, GPUs and models.",
-        epilog="Every command takes --json (after the command) for output that scripts can "
-        "parse, e.g. `gpulet select keywords --json`.",
+        epilog="Every command takes --json (after the command) for output that scripts can\n"
+        "parse, e.g. `gpulet select keywords --json`.\n\n" + HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    ap.add_argument("--version", action="version", version=f"gpulet {gpulet.__version__}")
     ap.add_argument(
         "--address",
+        type=args.address,
         default=None,
-        help=f"daemon address (default: $GPULET_ADDRESS or {default_address()})",
+        help="daemon address: unix:///path, a socket path, or host:port "
+        f"(default: $GPULET_ADDRESS or {default_address()})",
     )
-    out = argparse.ArgumentParser(add_help=False)
+    out = args.ArgumentParser(add_help=False)
     out.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -36,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         name: str,
         handler: Handler,
         help: str,
-        parent: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
+        parent: argparse._SubParsersAction[args.ArgumentParser] = sub,
     ) -> argparse.ArgumentParser:
         p = parent.add_parser(name, parents=[out], help=help, description=help)
         p.set_defaults(handler=handler)
@@ -55,63 +66,115 @@ def _parser() -> argparse.ArgumentParser:
     add("models", models.models, "the model registry with each model's state")
     add("roles", models.roles, "the task roles models declare")
     p = add("select", models.select, "the best models for a role under the active profile")
-    p.add_argument("role", help="e.g. caption, keywords, description")
-    p.add_argument("--top", type=int, default=None, metavar="N", help="how many (default 3)")
-    p = add("explain", models.explain, "why a model is or is not a candidate for a role")
-    p.add_argument("role")
-    p.add_argument("model", help="model id, as in `gpulet models`")
+    p.add_argument("role", type=args.identifier("role"), help="e.g. caption, keywords")
+    p.add_argument(
+        "--top",
+        type=args.integer(range(1, 2**31)),
+        default=None,
+        metavar="N",
+        help="how many (default 3)",
+    )
+    p = add(
+        "explain",
+        models.explain,
+        "why a model is or is not a candidate for a role (exit 3 when there is no such model)",
+    )
+    p.add_argument("role", type=args.identifier("role"))
+    p.add_argument("model", type=args.identifier("model id"), help="as in `gpulet models`")
     lease_p = sub.add_parser("lease", help="acquire, renew, release and list leases")
     lsub = lease_p.add_subparsers(dest="lease_command", metavar="COMMAND", required=True)
-    p = add("acquire", lease.acquire, "wait for a lease on a model, print it and exit", lsub)
+    p = add(
+        "acquire",
+        lease.acquire,
+        "wait for a lease on a model, print it and exit (--json: one line per step, "
+        "queued and loading, the grant last)",
+        lsub,
+    )
     lease.add_target_args(p)
-    for name, handler, text in (
-        ("renew", lease.renew, "extend a lease"),
-        ("release", lease.release, "end a lease now"),
-    ):
-        p = add(name, handler, text, lsub)
-        p.add_argument("lease_id")
-        p.add_argument("--token", required=True, help="the token printed by `lease acquire`")
-        if name == "renew":
-            p.add_argument("--ttl", type=float, default=None, metavar="S")
+    p = add("renew", lease.renew, "extend a lease", lsub)
+    lease.add_credential_args(p)
+    p.add_argument(
+        "--ttl",
+        type=args.seconds(minimum=1),
+        default=None,
+        metavar="S",
+        help="seconds from now (default: the lease's own TTL)",
+    )
+    lease.add_credential_args(add("release", lease.release, "end a lease now", lsub))
     add("list", lease.list_leases, "live leases (without tokens)", lsub)
     add("watch", watch.watch, "stream model and lease state changes (--json: one per line)")
-    p = add(
-        "run",
-        run.run,
+    # Not `add`: `run` prints nothing of its own for --json to shape.
+    text = (
         "hold a lease while COMMAND runs, with CUDA_VISIBLE_DEVICES, "
-        "GPULET_ENDPOINT and GPULET_LEASE_ID set; exits with COMMAND's code",
+        "GPULET_ENDPOINT and GPULET_LEASE_ID set; exits with COMMAND's code"
     )
-    p.usage = "gpulet run [options] (MODEL | --role ROLE) -- COMMAND [ARG ...]"
+    p = sub.add_parser(
+        "run",
+        help=text,
+        description=text,
+        usage="gpulet run [options] (MODEL | --role ROLE) -- COMMAND [ARG ...]",
+    )
+    p.set_defaults(handler=run.run, json=False)
     lease.add_target_args(p)
+    # Checked by `run` itself (gpulet/cli/run.py), which knows the signals it can send.
+    p.add_argument(
+        "--on-lost",
+        default=None,
+        metavar="ACTION",
+        help="when the lease is lost: term (SIGTERM, then SIGKILL after a grace; the "
+        "default), ignore, or a signal name or number to send to COMMAND",
+    )
     return ap
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
     # `gpulet run ... -- COMMAND`: everything after the first `--` is the command, untouched
     # by argparse (which would otherwise take its first word for MODEL).
+    words = list(argv)
     command: list[str] = []
-    if "--" in args:
-        cut = args.index("--")
-        args, command = args[:cut], args[cut + 1 :]
+    if "--" in words:
+        cut = words.index("--")
+        words, command = words[:cut], words[cut + 1 :]
     parser = _parser()
-    ns = parser.parse_args(args)
+    ns = parser.parse_args(args.join_token_values(words))
     ns.command = command
     if hasattr(ns, "role") and hasattr(ns, "exclusive"):
         lease.check_target(ns, parser)
+    if hasattr(ns, "token"):
+        ns.token = args.read_token(ns.token, parser)
+    return ns
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `gpulet ARGV` and return its exit code (see `exits.HELP`); never raises for a
+    bad input or a daemon that is not there."""
+    try:
+        ns = _parse(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed
+        return e.code if isinstance(e.code, int) else Exit.USAGE
     handler: Handler = ns.handler
     try:
         with Client(address=ns.address) as client:
             return handler(client, ns)
     except GpuletError as e:
-        print(f"gpulet: {e.message}", file=sys.stderr)
-        return 1
+        err(e.message)
+        return exit_code(e)
     except KeyboardInterrupt:
         # Interrupted while waiting (e.g. in the queue): the request is cancelled with the call.
         print("gpulet: interrupted", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
     except BrokenPipeError:
-        return 0
+        # The reader went away (`gpulet models | head -1`): stop quietly, and point stdout
+        # at /dev/null so that the interpreter's final flush does not complain either.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return Exit.OK
+    except Exception as e:
+        # A bug in gpulet itself: one line a person can report, the traceback on request.
+        if os.environ.get(DEBUG_ENV):
+            raise
+        err(f"internal error: {type(e).__name__}: {e} (set {DEBUG_ENV}=1 for the traceback)")
+        return Exit.ERROR
 
 
 if __name__ == "__main__":

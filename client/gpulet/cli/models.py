@@ -3,97 +3,92 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from gpulet.cli.output import enum_str, model_dict, print_json, table
+from gpulet.cli import as_json
+from gpulet.cli.exits import Exit
+from gpulet.cli.output import print_json, say, table
 from gpulet.client import Client
-from gpulet.v1 import selector_pb2
+from gpulet.types import ExplainStatus
 
 __all__ = ["explain", "models", "roles", "select"]
 
 
 def models(client: Client, ns: argparse.Namespace) -> int:
-    data = [model_dict(m) for m in client.models().models]
+    found = client.models()
     if ns.json:
-        print_json({"models": data})
+        print_json({"models": [as_json.model(m) for m in found]})
         return 0
     table(
         ["ID", "BACKEND", "QUANT", "VRAM_MB", "STATE", "GPUS", "LEASES", "IDLE_S", "ROLES"],
         [
             [
-                m["id"],
-                m["backend"],
-                m["quantization"],
-                m["vram_estimate_mb"],
-                m["state"],
-                [u[:12] for u in m["gpu_uuids"]],
-                m["lease_count"],
-                None if m["idle_seconds"] is None else f"{m['idle_seconds']:.0f}",
-                [f"{k}={v}" for k, v in m["role_priority"].items()],
+                m.id,
+                m.backend,
+                m.quantization,
+                m.vram_estimate_mb,
+                m.state,
+                [u[:12] for u in m.gpu_uuids],
+                m.lease_count,
+                None if m.idle_seconds is None else f"{m.idle_seconds:.0f}",
+                [f"{k}={v}" for k, v in m.role_priority.items()],
             ]
-            for m in data
+            for m in found
         ],
+        flexible={"GPUS", "ROLES"},
     )
     return 0
 
 
 def roles(client: Client, ns: argparse.Namespace) -> int:
-    names = list(client.roles().roles)
+    names = client.roles()
     if ns.json:
         print_json({"roles": names})
     else:
-        print("\n".join(names))
+        for name in names:
+            say(name)
     return 0
 
 
 def select(client: Client, ns: argparse.Namespace) -> int:
-    r = client.select(ns.role, top_n=ns.top)
-    data: dict[str, Any] = {
-        "role": r.role,
-        "profile": r.profile,
-        "max_vram_mb": r.max_vram_mb,
-        "models": [
-            {
-                "id": c.model.id,
-                "name": c.model.name,
-                "quantization": c.model.quantization,
-                "vram_estimate_mb": c.model.vram_estimate_mb,
-                "role_priority": c.role_priority,
-            }
-            for c in r.candidates
-        ],
-    }
+    s = client.select(ns.role, top_n=ns.top)
     if ns.json:
-        print_json(data)
+        print_json(
+            {
+                "role": s.role,
+                "profile": s.profile,
+                "max_vram_mb": s.max_vram_mb,
+                "models": [
+                    {
+                        "id": c.model.id,
+                        "name": c.model.name,
+                        "quantization": c.model.quantization,
+                        "vram_estimate_mb": c.model.vram_estimate_mb,
+                        "role_priority": c.role_priority,
+                    }
+                    for c in s.candidates
+                ],
+            }
+        )
         return 0
-    if not data["models"]:
-        print(f"no model for {r.role} fits profile {r.profile} (max_vram_mb={r.max_vram_mb})")
+    if not s.candidates:
+        say(f"no model for {s.role} fits profile {s.profile} (max_vram_mb={s.max_vram_mb})")
         return 0
-    print(f"best models for {r.role} on profile {r.profile}:")
+    say(f"best models for {s.role} on profile {s.profile}:")
     table(
         ["RANK", "ID", "PRIORITY", "QUANT", "VRAM_MB"],
         [
-            [i, m["id"], m["role_priority"], m["quantization"], m["vram_estimate_mb"]]
-            for i, m in enumerate(data["models"], start=1)
+            [i, c.model.id, c.role_priority, c.model.quantization, c.model.vram_estimate_mb]
+            for i, c in enumerate(s.candidates, start=1)
         ],
     )
     return 0
 
 
 def explain(client: Client, ns: argparse.Namespace) -> int:
-    r = client.explain(ns.role, ns.model)
-    status = enum_str(selector_pb2.ExplainStatus, r.status)
+    e = client.explain(ns.role, ns.model)
     if ns.json:
-        print_json(
-            {
-                "status": status,
-                "reason": r.reason,
-                "rank": r.rank or None,
-                "profile": r.profile,
-                "role": ns.role,
-                "model_id": ns.model,
-            }
-        )
+        print_json(as_json.explanation(e))
     else:
-        print(f"{status}: {r.reason}")
-    return 0
+        say(e.status, ": ", e.reason)
+    # Scripts ask "is this a model at all?" with the exit code, as with every other command.
+    return Exit.NOT_FOUND if e.status is ExplainStatus.NOT_FOUND else Exit.OK

@@ -4,113 +4,107 @@ from __future__ import annotations
 
 import argparse
 
-from gpulet.cli.output import gpu_dict, print_json, profile_dict, source_str, table
+from gpulet.cli import as_json
+from gpulet.cli.output import print_json, say, table
 from gpulet.client import Client
 
 __all__ = ["gpus", "profile_list", "profile_show"]
 
 
+def _mb(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
 def profile_show(client: Client, ns: argparse.Namespace) -> int:
-    r = client.active_profile()
-    data = {
-        **profile_dict(r.profile),
-        "source": source_str(r.source),
-        "reason": r.reason,
-        "usable_vram_mb": r.usable_vram_mb,
-        "warnings": list(r.warnings),
-        "overrides": list(r.overrides),
-        "probe": r.probe,
-        "available_profiles": list(r.available_profiles),
-        "gpus": [gpu_dict(g) for g in r.gpus],
-    }
+    a = client.active_profile()
     if ns.json:
-        print_json(data)
+        print_json(as_json.active_profile(a))
         return 0
-    print(f"profile   {data['name']} (source: {data['source']}: {data['reason']})")
-    print(f"          {data['description']}")
-    print(
-        f"budget    {data['max_vram_mb']} MiB of {data['usable_vram_mb']} MiB usable, "
-        f"{data['max_concurrent_models']} model(s) at once, strategy {data['strategy']}"
+    p = a.profile
+    say(f"profile   {p.name} (source: {a.source}: ", a.reason, ")")
+    say("          ", p.description)
+    say(
+        f"budget    {p.max_vram_mb} MiB of {a.usable_vram_mb} MiB usable, "
+        f"{p.max_concurrent_models} model(s) at once, strategy {p.strategy}"
     )
-    print(
-        f"selection {data['model_selection_bias']}, quantizations "
-        f"{', '.join(data['preferred_quantizations'])}"
+    say(f"selection {p.model_selection_bias}, quantizations ", ", ".join(p.preferred_quantizations))
+    say(
+        f"timers    autostart {p.autostart_timeout_seconds:g} s, grace {p.grace_period_seconds:g} s"
     )
-    print(
-        f"timers    autostart {data['autostart_timeout_seconds']:g} s, "
-        f"grace {data['grace_period_seconds']:g} s"
-    )
-    for o in data["overrides"]:
-        print(f"override  {o}")
-    for w in data["warnings"]:
-        print(f"WARNING   {w}")
-    print(f"gpus      {len(data['gpus'])} ({data['probe']} probe)")
-    for g in data["gpus"]:
-        print(
-            f"  [{g['index']}] {g['name']}  {g['total_mb']} MiB total, {g['free_mb']} MiB free"
-            f"  {g['uuid']}"
+    for o in a.overrides:
+        say("override  ", o)
+    for w in a.warnings:
+        say("WARNING   ", w)
+    say(f"gpus      {len(a.gpus)} (", a.probe, " probe)")
+    for g in a.gpus:
+        say(
+            f"  [{g.index}] ",
+            g.name,
+            f"  {_mb(g.total_mb)} MiB total, {_mb(g.free_mb)} MiB free  ",
+            g.uuid,
         )
     return 0
 
 
 def profile_list(client: Client, ns: argparse.Namespace) -> int:
     r = client.list_profiles()
-    profiles = [{**profile_dict(p), "active": p.name == r.active} for p in r.profiles]
     if ns.json:
+        profiles = [{**as_json.profile(p), "active": p.name == r.active} for p in r.profiles]
         print_json({"profiles": profiles, "active": r.active})
         return 0
     table(
         ["", "NAME", "MAX_VRAM_MB", "MODELS", "STRATEGY", "BIAS", "DESCRIPTION"],
         [
             [
-                "*" if p["active"] else "",
-                p["name"],
-                p["max_vram_mb"],
-                p["max_concurrent_models"],
-                p["strategy"],
-                p["model_selection_bias"],
-                p["description"],
+                "*" if p.name == r.active else "",
+                p.name,
+                p.max_vram_mb,
+                p.max_concurrent_models,
+                p.strategy,
+                p.model_selection_bias,
+                p.description,
             ]
-            for p in profiles
+            for p in r.profiles
         ],
+        flexible={"DESCRIPTION"},
     )
     return 0
 
 
 def gpus(client: Client, ns: argparse.Namespace) -> int:
-    r = client.gpu_status(include_processes=ns.processes)
-    data = [gpu_dict(g) for g in r.gpus]
+    status = client.gpu_status(include_processes=ns.processes)
     if ns.json:
-        print_json({"gpus": data, "probe": r.probe})
+        print_json({"gpus": [as_json.gpu(g) for g in status.gpus], "probe": status.probe})
         return 0
-    if not data:
-        print(f"no GPUs ({r.probe} probe)")
+    if not status.gpus:
+        say("no GPUs (", status.probe, " probe)")
         return 0
     table(
         ["INDEX", "NAME", "TOTAL_MB", "FREE_MB", "USED_MB", "STATE", "PLACED", "UUID"],
         [
             [
-                g["index"],
-                g["name"],
-                g["total_mb"],
-                g["free_mb"],
-                g["used_mb"],
-                g["state"],
-                [f"{p['model_id']}={p['reservation_mb']}" for p in g["placed"]],
-                g["uuid"],
+                g.index,
+                g.name,
+                g.total_mb,
+                g.free_mb,
+                g.used_mb,
+                g.state,
+                [f"{p.model_id}={p.reservation_mb}" for p in g.placed],
+                g.uuid,
             ]
-            for g in data
+            for g in status.gpus
         ],
+        flexible={"NAME", "PLACED"},
     )
     if ns.processes:
         rows = [
-            [g["index"], p["pid"], p["used_mb"], p["model_id"] or "(not gpuletd's)"]
-            for g in data
-            for p in g["processes"]
+            [g.index, p.pid, p.used_mb, p.model_id or "(not gpuletd's)"]
+            for g in status.gpus
+            for p in g.processes
         ]
-        print()
+        say()
         if rows:
             table(["GPU", "PID", "USED_MB", "MODEL"], rows)
         else:
-            print("no processes hold GPU memory")
+            say("no processes hold GPU memory")
     return 0

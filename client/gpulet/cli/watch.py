@@ -5,58 +5,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC
-from typing import Any
 
-from gpulet.cli.output import enum_str
+from gpulet.cli import as_json
+from gpulet.cli.exits import Exit
+from gpulet.cli.output import say
 from gpulet.client import Client
-from gpulet.lease import lease_from_pb
-from gpulet.v1 import leases_pb2, types_pb2
+from gpulet.types import LeaseEvent, WatchEvent
 
-__all__ = ["event_dict", "watch"]
+__all__ = ["describe", "watch"]
 
 
-def event_dict(r: leases_pb2.WatchResponse) -> dict[str, Any]:
-    when = r.time.ToDatetime(tzinfo=UTC).isoformat()
-    if r.WhichOneof("event") == "model":
-        m = r.model
-        return {
-            "time": when,
-            "type": "model",
-            "model_id": m.model_id,
-            "state": enum_str(types_pb2.ModelState, m.state),
-            "gpu_uuids": list(m.gpu_uuids),
-            "reason": m.reason,
-        }
-    e = r.lease
-    return {
-        "time": when,
-        "type": "lease",
-        "kind": enum_str(leases_pb2.LeaseEventKind, e.kind),
-        **lease_from_pb(e.lease).as_dict(token=False),
-        "reason": e.reason,
-    }
+def describe(ev: WatchEvent) -> list[object]:
+    """One event as the parts of a line for people (`say` makes each part safe)."""
+    when = ev.time.isoformat()
+    reason = ["  ", ev.reason] if ev.reason else []
+    if isinstance(ev, LeaseEvent):
+        x = ev.lease
+        return [
+            f"{when}  lease ",
+            x.lease_id,
+            f" {ev.kind} (",
+            x.model_id,
+            ", ",
+            x.client_name,
+            ")",
+            *reason,
+        ]
+    return [f"{when}  model ", ev.model_id, f": {ev.state}", *reason]
 
 
 def watch(client: Client, ns: argparse.Namespace) -> int:
     try:
-        for r in client.watch():
-            ev = event_dict(r)
+        for ev in client.watch():
             if ns.json:
-                print(json.dumps(ev), flush=True)
-            elif ev["type"] == "model":
-                print(
-                    f"{ev['time']}  model {ev['model_id']}: {ev['state']}"
-                    f"{'  ' + ev['reason'] if ev['reason'] else ''}",
-                    flush=True,
-                )
+                print(json.dumps(as_json.event(ev)), flush=True)
             else:
-                print(
-                    f"{ev['time']}  lease {ev['lease_id']} {ev['kind']} ({ev['model_id']}, "
-                    f"{ev['client_name']}){'  ' + ev['reason'] if ev['reason'] else ''}",
-                    flush=True,
-                )
+                say(*describe(ev), flush=True)
     except KeyboardInterrupt:
-        return 0
+        return Exit.OK
     print("gpulet: gpuletd closed the watch stream", file=sys.stderr)
-    return 1
+    return Exit.UNREACHABLE

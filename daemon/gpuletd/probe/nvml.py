@@ -150,7 +150,7 @@ class NvmlProbe:
             except pynvml.NVMLError as exc:
                 # Without a UUID a GPU can be neither keyed nor handed to CUDA_VISIBLE_DEVICES;
                 # a container given some of the GPUs gets NoPermission for the others.
-                _log.warning("nvml_gpu_skipped", index=index, error=str(exc))
+                _log.warning("gpu.skipped", index=index, error=str(exc))
                 continue
             dev = _Device(index=index, uuid=uuid, handle=handle)
             self._read_facts(dev)
@@ -171,7 +171,7 @@ class NvmlProbe:
             return read()
         except pynvml.NVMLError as exc:
             self._note_error(dev, exc)
-            self._warn_once("nvml_static_fact_failed", dev, exc)
+            self._warn_once("gpu.fact_read_failed", dev, exc)
             return default
 
     def _mig_mode(self, dev: _Device) -> MigMode:
@@ -186,7 +186,7 @@ class NvmlProbe:
             # Any other failure says nothing about partitioning. Guessing DISABLED could hand
             # a whole-GPU UUID to a backend on a partitioned GPU, where CUDA sees no device.
             self._note_error(dev, exc)
-            self._warn_once("nvml_mig_mode_failed", dev, exc)
+            self._warn_once("gpu.mig_mode_read_failed", dev, exc)
             return MigMode.UNKNOWN
         if current == pynvml.NVML_DEVICE_MIG_ENABLE:
             return MigMode.ENABLED
@@ -215,10 +215,10 @@ class NvmlProbe:
             dev.failures += 1
             self._note_error(dev, exc)
             if dev.failures == self._stale_after and not dev.lost:
-                _log.warning("nvml_gpu_stale", uuid=dev.uuid, index=dev.index, error=str(exc))
+                _log.warning("gpu.went_stale", uuid=dev.uuid, index=dev.index, error=str(exc))
             return
         if dev.failures >= self._stale_after:
-            _log.info("nvml_gpu_recovered", uuid=dev.uuid, failures=dev.failures)
+            _log.info("gpu.recovered", uuid=dev.uuid, failures=dev.failures)
         dev.failures = 0
         dev.total_mb, dev.free_mb, dev.used_mb, dev.reserved_mb = (
             None if v is None else v // _MIB for v in reading
@@ -244,7 +244,7 @@ class NvmlProbe:
     def _note_error(self, dev: _Device, exc: Exception) -> None:
         if isinstance(exc, _LOST):
             if not dev.lost:
-                _log.error("nvml_gpu_lost", uuid=dev.uuid, index=dev.index, error=str(exc))
+                _log.error("gpu.lost", uuid=dev.uuid, index=dev.index, error=str(exc))
             dev.lost = True
         elif isinstance(exc, pynvml.NVMLError_Unknown):
             dev.reacquire = True
@@ -267,7 +267,7 @@ class NvmlProbe:
             infos = self._running_processes(dev.handle)
         except pynvml.NVMLError as exc:
             self._note_error(dev, exc)
-            self._warn_once("nvml_processes_failed", dev, exc)
+            self._warn_once("gpu.processes_read_failed", dev, exc)
             return ()
         return tuple(
             GpuProcess(
@@ -297,7 +297,7 @@ class NvmlProbe:
         try:
             pynvml.nvmlShutdown()
         except pynvml.NVMLError as exc:
-            _log.warning("nvml_shutdown_failed", error=str(exc))
+            _log.warning("nvml.shutdown_failed", error=str(exc))
 
 
 def _capability(handle: Any) -> tuple[int, int]:

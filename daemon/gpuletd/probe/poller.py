@@ -45,7 +45,7 @@ class ProbePoller:
             self.gpus = await asyncio.to_thread(self._probe.open)
         except ProbeUnavailable as e:
             self.unavailable_reason = str(e)
-            log.warning("gpu probe unavailable; running without GPUs", reason=str(e))
+            log.warning("probe.unavailable", reason=str(e), action="running without GPUs")
 
     def start(self) -> None:
         if self.gpus is not None and self._task is None:
@@ -76,7 +76,7 @@ class ProbePoller:
                 await self.poll_once()
             except Exception:
                 # A probe bug must not kill the daemon; the per-device states carry NVML errors.
-                log.exception("gpu poll failed")
+                log.exception("probe.poll_failed")
 
     async def close(self) -> None:
         if self._task is not None:

@@ -11,7 +11,8 @@ from google.protobuf import timestamp_pb2
 
 from gpulet.v1 import leases_pb2 as pb
 from gpulet.v1 import leases_pb2_grpc
-from gpuletd.leases import LeaseFailed, LeaseInfo, LeaseManager
+from gpuletd.bounds import Refused
+from gpuletd.leases import LeaseInfo, LeaseManager
 from gpuletd.scheduler import Loading, ModelStateChanged, Queued
 from gpuletd.services.convert import model_state_pb
 from gpuletd.services.errors import fail
@@ -91,7 +92,7 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
                     done = self._abandon_if_cancelled(u.lease_id)
                     context.add_done_callback(done)  # type: ignore[arg-type]
                     yield pb.AcquireResponse(granted=lease_pb(u))
-        except LeaseFailed as e:
+        except Refused as e:
             await fail(context, e)
         finally:
             await updates.aclose()
@@ -106,14 +107,14 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
     async def Renew(self, request: pb.RenewRequest, context: Context) -> pb.RenewResponse:
         try:
             info = self._leases.renew(request.lease_id, request.token, request.ttl_seconds)
-        except LeaseFailed as e:
+        except Refused as e:
             await fail(context, e)
         return pb.RenewResponse(lease=lease_pb(info))
 
     async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:
         try:
             self._leases.release(request.lease_id, request.token)
-        except LeaseFailed as e:
+        except Refused as e:
             await fail(context, e)
         return pb.ReleaseResponse()
 
@@ -149,7 +150,7 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
                             reason=ev.reason,
                         ),
                     )
-        except LeaseFailed as e:
+        except Refused as e:
             await fail(context, e)
         finally:
             await events.aclose()

@@ -9,10 +9,11 @@ import grpc
 from gpulet.v1 import profiles_pb2 as pb
 from gpulet.v1 import profiles_pb2_grpc
 from gpuletd.active_profile import ProfileSource
+from gpuletd.bounds import Refused, check_name, listing, quote
 from gpuletd.runtime import Runtime
 from gpuletd.scheduler import Scheduler
 from gpuletd.services.convert import gpu_pb, profile_pb
-from gpuletd.services.errors import abort
+from gpuletd.services.errors import abort, fail
 from gpuletd.supervisor import Supervisor
 
 __all__ = ["ProfileService"]
@@ -63,21 +64,17 @@ class ProfileService(profiles_pb2_grpc.ProfileServiceServicer):
         self, request: pb.GetProfileRequest, context: Context
     ) -> pb.GetProfileResponse:
         profiles = self._rt.config.profiles
-        if not request.name:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "MISSING_FIELD",
-                "name: a profile name is required",
-                field="name",
-            )
+        try:
+            check_name("name", request.name)
+        except Refused as e:
+            await fail(context, e)
         if request.name not in profiles:
             await abort(
                 context,
                 grpc.StatusCode.NOT_FOUND,
                 "UNKNOWN_PROFILE",
-                f"name: unknown profile {request.name!r} (known profiles: "
-                f"{', '.join(sorted(profiles))})",
+                f"name: unknown profile {quote(request.name)} (known profiles: "
+                f"{listing(profiles, 20)})",
                 field="name",
             )
         # The active one is returned with its --set overrides, as the daemon runs it.

@@ -9,11 +9,12 @@ import grpc
 
 from gpulet.v1 import selector_pb2 as pb
 from gpulet.v1 import selector_pb2_grpc
+from gpuletd.bounds import Refused, check_name
 from gpuletd.runtime import Runtime
 from gpuletd.scheduler import ModelView, Scheduler
-from gpuletd.selector import ExplainStatus, InvalidTopN, UnknownRole, explain, select
+from gpuletd.selector import ExplainStatus, explain, select
 from gpuletd.services.convert import bias_pb, model_pb
-from gpuletd.services.errors import abort
+from gpuletd.services.errors import fail
 
 __all__ = ["SelectorService"]
 
@@ -28,17 +29,6 @@ _STATUS = {
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-async def _require(context: Context, field: str, value: str) -> None:
-    if not value:
-        await abort(
-            context,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "MISSING_FIELD",
-            f"{field}: a value is required",
-            field=field,
-        )
-
-
 def _endpoint(view: ModelView | None) -> str:
     return view.endpoint if view is not None else ""
 
@@ -51,28 +41,13 @@ class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
     async def SelectByRole(
         self, request: pb.SelectByRoleRequest, context: Context
     ) -> pb.SelectByRoleResponse:
-        await _require(context, "role", request.role)
         top_n = request.top_n if request.HasField("top_n") else DEFAULT_TOP_N
         profile = self._rt.profile
         try:
+            check_name("role", request.role)
             models = select(self._rt.registry, profile, request.role, top_n)
-        except UnknownRole as e:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "UNKNOWN_ROLE",
-                f"role: {e}",
-                field="role",
-                role=request.role,
-            )
-        except InvalidTopN as e:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "INVALID_TOP_N",
-                f"top_n: {e}",
-                field="top_n",
-            )
+        except Refused as e:
+            await fail(context, e)
         return pb.SelectByRoleResponse(
             role=request.role,
             profile=profile.name,
@@ -87,9 +62,12 @@ class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
     async def ExplainSelection(
         self, request: pb.ExplainSelectionRequest, context: Context
     ) -> pb.ExplainSelectionResponse:
-        await _require(context, "role", request.role)
-        await _require(context, "model_id", request.model_id)
-        e = explain(self._rt.registry, self._rt.profile, request.role, request.model_id)
+        try:
+            check_name("role", request.role)
+            check_name("model_id", request.model_id)
+            e = explain(self._rt.registry, self._rt.profile, request.role, request.model_id)
+        except Refused as r:
+            await fail(context, r)
         return pb.ExplainSelectionResponse(
             status=_STATUS[e.status],
             reason=e.reason,

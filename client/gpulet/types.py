@@ -1,0 +1,352 @@
+"""What the client returns: frozen values of its own, never protobuf messages.
+
+The enums' values are the lower_snake names the config files and `--json` use, so
+`model.state == "loaded"` and `json.dumps(model.state)` both read naturally. A value a newer
+gpuletd sends that this client does not know becomes `UNSPECIFIED` instead of failing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+__all__ = [
+    "ActiveProfile",
+    "BackendKind",
+    "Candidate",
+    "ExplainStatus",
+    "Explanation",
+    "Gpu",
+    "GpuProcess",
+    "GpuState",
+    "GpuStatus",
+    "Lease",
+    "LeaseEvent",
+    "LeaseEventKind",
+    "MigMode",
+    "Model",
+    "ModelEvent",
+    "ModelState",
+    "PlacedModel",
+    "Profile",
+    "ProfileList",
+    "ProfileSource",
+    "Progress",
+    "ProgressCallback",
+    "Selection",
+    "SelectionBias",
+    "Strategy",
+    "WatchEvent",
+]
+
+
+class Strategy(StrEnum):
+    """How a profile keeps models on its GPUs."""
+
+    UNSPECIFIED = "unspecified"
+    LOAD_UNLOAD = "load_unload"
+    CONCURRENT_LIMITED = "concurrent_limited"
+    CONCURRENT_FULL = "concurrent_full"
+    TENSOR_PARALLEL_OR_DISTRIBUTED = "tensor_parallel_or_distributed"
+
+
+class SelectionBias(StrEnum):
+    """Which candidate wins a tie on role priority and quantization."""
+
+    UNSPECIFIED = "unspecified"
+    VRAM_EFFICIENT = "vram_efficient"
+    BALANCED = "balanced"
+    QUALITY = "quality"
+
+
+class ProfileSource(StrEnum):
+    """Where the active profile came from, highest precedence first."""
+
+    UNSPECIFIED = "unspecified"
+    FLAG = "flag"
+    ENV = "env"
+    CONFIG = "config"
+    AUTO = "auto"
+    DEFAULT = "default"
+
+
+class GpuState(StrEnum):
+    UNSPECIFIED = "unspecified"
+    OK = "ok"
+    STALE = "stale"  # repeated read failures: the memory numbers are the last good ones
+    LOST = "lost"  # fell off the bus: nothing is placed on it
+
+
+class MigMode(StrEnum):
+    UNSPECIFIED = "unspecified"
+    DISABLED = "disabled"
+    ENABLED = "enabled"
+
+
+class BackendKind(StrEnum):
+    UNSPECIFIED = "unspecified"
+    RESERVATION = "reservation"  # the holder loads the model; gpuletd only accounts VRAM
+    PROCESS = "process"  # gpuletd starts, health-checks and stops a serving process
+
+
+class ModelState(StrEnum):
+    UNSPECIFIED = "unspecified"
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+class ExplainStatus(StrEnum):
+    UNSPECIFIED = "unspecified"
+    ELIGIBLE = "eligible"
+    REJECTED = "rejected"  # supports the role but does not fit the profile
+    NO_SUPPORT = "no_support"
+    NOT_FOUND = "not_found"
+
+
+class LeaseEventKind(StrEnum):
+    UNSPECIFIED = "unspecified"
+    GRANTED = "granted"
+    RENEWED = "renewed"
+    RELEASED = "released"
+    EXPIRED = "expired"
+    BACKEND_DIED = "backend_died"  # the lease is over and its endpoint gone
+    CANCELLED = "cancelled"  # its holder went away as it was granted
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A deployment profile: the budget and policy gpuletd runs under."""
+
+    name: str
+    description: str
+    max_vram_mb: int
+    max_concurrent_models: int
+    preferred_quantizations: tuple[str, ...]
+    strategy: Strategy
+    autostart_timeout_seconds: float
+    grace_period_seconds: float
+    model_selection_bias: SelectionBias
+    gpu_count: int
+    tensor_parallel_threshold_mb: int | None
+    headroom_mb: int
+    builtin: bool
+
+
+@dataclass(frozen=True)
+class PlacedModel:
+    """A model's memory placed on a GPU by gpuletd."""
+
+    model_id: str
+    reservation_mb: int
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process holding GPU memory; `managed` when gpuletd started it."""
+
+    pid: int
+    used_mb: int | None
+    managed: bool
+    model_id: str
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU. A memory number the GPU cannot report is None, never 0."""
+
+    index: int
+    uuid: str
+    name: str
+    pci_bus_id: str
+    total_mb: int | None
+    free_mb: int | None
+    used_mb: int | None
+    reserved_mb: int | None
+    compute_capability: tuple[int, int] | None
+    mig_mode: MigMode
+    state: GpuState
+    reading_age_seconds: float
+    placed: tuple[PlacedModel, ...]
+    processes: tuple[GpuProcess, ...]
+
+
+@dataclass(frozen=True)
+class GpuStatus:
+    gpus: tuple[Gpu, ...]
+    probe: str  # `nvml`, `simulated` or `none`
+
+
+@dataclass(frozen=True)
+class ActiveProfile:
+    """The profile in force (with `--set` overrides applied) and why it was chosen."""
+
+    profile: Profile
+    source: ProfileSource
+    reason: str
+    gpus: tuple[Gpu, ...]
+    usable_vram_mb: int
+    available_profiles: tuple[str, ...]
+    warnings: tuple[str, ...]
+    probe: str
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProfileList:
+    profiles: tuple[Profile, ...]
+    active: str
+
+
+@dataclass(frozen=True)
+class Model:
+    """A registry entry with its live state."""
+
+    id: str
+    name: str
+    backend: BackendKind
+    quantization: str
+    vram_estimate_mb: int
+    # Excluded from the hash: a mapping has none, and the id already tells models apart.
+    role_priority: Mapping[str, int] = field(hash=False)
+    group: str
+    state: ModelState
+    gpu_uuids: tuple[str, ...]
+    lease_count: int
+    idle_seconds: float | None  # since its last lease ended; None while leased or unloaded
+    reservation_mb: int  # what gpuletd counts for it: max(estimate, measured)
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: Model
+    role_priority: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The best models for a role under the active profile, best first."""
+
+    role: str
+    profile: str
+    candidates: tuple[Candidate, ...]
+    max_vram_mb: int
+    model_selection_bias: SelectionBias
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a model is or is not a candidate for a role."""
+
+    role: str
+    model_id: str
+    status: ExplainStatus
+    reason: str
+    rank: int | None  # 1-based among eligible models
+    profile: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where an Acquire stands: `queued` (with position) or `loading`."""
+
+    state: str
+    position: int = 0
+    queue_length: int = 0
+    model_id: str = ""
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class _Loss:
+    """The one mutable part of a lease: whether it was lost, and why. Shared by the copies
+    `dataclasses.replace` makes (a renewal's), so a loss seen by the renewer is seen by all."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason = ""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A granted lease. `token` is set only for the caller that acquired it."""
+
+    lease_id: str
+    token: str
+    model_id: str
+    gpu_uuids: tuple[str, ...]
+    cuda_visible_devices: str
+    endpoint: str
+    expires_at: datetime
+    granted_at: datetime | None = None
+    client_name: str = ""
+    exclusive: bool = False
+    _loss: _Loss = field(default_factory=_Loss, repr=False, compare=False)
+
+    @property
+    def lost(self) -> threading.Event:
+        """Set when the lease was found gone (expired, its backend died, revoked)."""
+        return self._loss.event
+
+    @property
+    def lost_reason(self) -> str:
+        return self._loss.reason
+
+    def mark_lost(self, reason: str) -> None:
+        """Record that the lease is gone; the background renewal calls it, and so may a
+        holder that learned it otherwise (e.g. from `watch()`)."""
+        self._loss.reason = reason
+        self._loss.event.set()
+
+    def env(self) -> dict[str, str]:
+        """What a program using this lease needs in its environment."""
+        return {
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            "CUDA_VISIBLE_DEVICES": self.cuda_visible_devices,
+            "GPULET_LEASE_ID": self.lease_id,
+            "GPULET_MODEL_ID": self.model_id,
+            "GPULET_ENDPOINT": self.endpoint,
+        }
+
+    def as_dict(self, *, token: bool = True) -> dict[str, object]:
+        """JSON-ready; `token=False` for anything shown to others or logged."""
+        d: dict[str, object] = {
+            "lease_id": self.lease_id,
+            "model_id": self.model_id,
+            "gpu_uuids": list(self.gpu_uuids),
+            "cuda_visible_devices": self.cuda_visible_devices,
+            "endpoint": self.endpoint,
+            "expires_at": self.expires_at.isoformat(),
+            "client_name": self.client_name,
+            "exclusive": self.exclusive,
+        }
+        if token:
+            d["token"] = self.token
+        return d
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    time: datetime
+    model_id: str
+    state: ModelState
+    gpu_uuids: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    time: datetime
+    kind: LeaseEventKind
+    lease: Lease  # without its token
+    reason: str
+
+
+WatchEvent = ModelEvent | LeaseEvent
