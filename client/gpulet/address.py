@@ -10,9 +10,10 @@ ENV_ADDRESS = "GPULET_ADDRESS"
 
 
 def normalize_address(address: str) -> str:
-    """A bare socket path (`/run/gpulet/gpulet.sock`, `./g.sock`) as the `unix://` address
-    gRPC needs; gRPC would otherwise resolve it as a host name ("Domain name not found")."""
-    if address.startswith(("/", "./", "../", "~")):
+    """A bare socket path (`/run/gpulet/gpulet.sock`, `./g.sock`, `g.sock`) as the `unix://`
+    address gRPC needs; gRPC would otherwise resolve it as a host name ("Domain name not
+    found"). A TCP address always has a `:port` (and a scheme has `:`), a path need not."""
+    if address.startswith(("/", "./", "../", "~")) or ":" not in address:
         return "unix://" + os.path.abspath(os.path.expanduser(address))
     return address
 

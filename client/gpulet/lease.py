@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from gpulet.errors import GpuletError, LeaseError, NotFound
 from gpulet.types import Lease, Progress
@@ -36,14 +37,19 @@ def renew_in_thread(
     lease: Lease, interval: float, renew: Callable[[], object], stop: threading.Event
 ) -> threading.Thread:
     def loop() -> None:
+        expires = lease.expires_at
         while not stop.wait(interval):
             try:
-                renew()
+                expires = _expiry(renew(), expires)
             except (NotFound, LeaseError) as e:
                 lease.mark_lost(e.message)
                 return
-            except GpuletError:
-                continue  # transient (daemon restarting): try again before the TTL runs out
+            except GpuletError as e:
+                # Transient (a daemon restarting keeps its leases): try again, until the
+                # lease has expired by its own clock; then it is gone whatever comes back.
+                if _past(expires):
+                    lease.mark_lost(_unrenewed(expires, e))
+                    return
 
     t = threading.Thread(target=loop, name=f"gpulet-renew-{lease.lease_id}", daemon=True)
     t.start()
@@ -53,12 +59,27 @@ def renew_in_thread(
 async def renew_in_task(
     lease: Lease, interval: float, renew: Callable[[], Awaitable[object]]
 ) -> None:
+    expires = lease.expires_at
     while True:
         await asyncio.sleep(interval)
         try:
-            await renew()
+            expires = _expiry(await renew(), expires)
         except (NotFound, LeaseError) as e:
             lease.mark_lost(e.message)
             return
-        except GpuletError:
-            continue
+        except GpuletError as e:
+            if _past(expires):
+                lease.mark_lost(_unrenewed(expires, e))
+                return
+
+
+def _expiry(renewed: object, previous: datetime) -> datetime:
+    return renewed.expires_at if isinstance(renewed, Lease) else previous
+
+
+def _past(expires: datetime) -> bool:
+    return datetime.now(UTC) >= expires
+
+
+def _unrenewed(expires: datetime, e: GpuletError) -> str:
+    return f"could not renew it before it expired at {expires:%H:%M:%S} UTC: {e.message}"

@@ -279,7 +279,8 @@ class Lease:
     """A granted lease. `token` is set only for the caller that acquired it."""
 
     lease_id: str
-    token: str
+    # A secret: kept out of repr, so that a logged lease or a traceback does not leak it.
+    token: str = field(repr=False)
     model_id: str
     gpu_uuids: tuple[str, ...]
     cuda_visible_devices: str

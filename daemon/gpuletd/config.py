@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gpuletd.backends.placeholders import BackendConfigError, validate_process_model
+from gpuletd.bounds import MAX_NAME
 from gpuletd.config_errors import ConfigError, Location, SourceMap
 from gpuletd.config_fields import MODEL_FIELDS, PROFILE_FIELD_SPECS, Invalid
 from gpuletd.profiles import (
@@ -237,6 +238,13 @@ class _Files:
             if not isinstance(tables, dict):
                 raise ConfigError(src.at(section), f"{section!r}: expected a table of tables")
             for name, table in tables.items():
+                if len(name) > MAX_NAME:
+                    # The API refuses longer ids: such a model could be listed, never leased.
+                    raise ConfigError(
+                        src.at(section, name),
+                        f"{section[:-1]} name {name[:40]!r}...: at most {MAX_NAME} characters, "
+                        f"got {len(name)}",
+                    )
                 if name in store:
                     first = store[name]
                     first_where = first.where if isinstance(first, _ProfileDef) else first[1]

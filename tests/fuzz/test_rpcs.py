@@ -221,9 +221,11 @@ def test_random_and_hostile_requests_to_every_rpc(live: Live) -> None:
         fuzz(rpc, int(EXAMPLES[kind(rpc)] * SCALE), body, message(rpc.request, live.known))
         assert_still_serving(live)
     assert set(counts) == {r.path for r in live.rpcs}
-    print(f"fuzzed {sum(counts.values())} requests over {len(counts)} RPCs")
-    if SCALE == 1:
-        assert time.monotonic() - start < 25  # bounded, so the suite stays in CI
+    # Bounded by the example counts, not by a clock (machines here are shared and noisy).
+    print(
+        f"fuzzed {sum(counts.values())} requests over {len(counts)} RPCs "
+        f"in {time.monotonic() - start:.1f} s"
+    )
 
 
 def _string_fields(d: Descriptor, depth: int = 0) -> list[tuple[str, tuple[int, ...]]]:

@@ -20,6 +20,7 @@ from gpulet.v1 import (
     selector_pb2,
     selector_pb2_grpc,
 )
+from gpuletd.services.errors import MAX_MESSAGE_BYTES, _bounded
 
 HUGE = "\x1b[31m" + "x" * 100_000
 # Refusals quote at most 40 characters, repr-escaped, plus the text around them.
@@ -181,3 +182,13 @@ async def test_explain_not_found_quotes_the_model_id_short(channel: grpc.aio.Cha
     )
     assert r.status == selector_pb2.EXPLAIN_STATUS_NOT_FOUND
     assert_short_and_clean(r.reason)
+
+
+def test_a_long_message_keeps_its_head_and_its_tail() -> None:
+    """A backend's failure ends with its last log lines and how to run it by hand: what a
+    bounded message must keep."""
+    text = "model m failed to load: " + "".join(f"line {i}\n" for i in range(500)) + "CUDA OOM"
+    cut = _bounded(text, MAX_MESSAGE_BYTES)
+    assert cut.startswith("model m failed to load: ")
+    assert cut.endswith("line 499\nCUDA OOM")
+    assert "bytes cut" in cut and len(cut.encode()) <= MAX_MESSAGE_BYTES + 40

@@ -28,14 +28,14 @@ from tests.system.test_leases import (
 pytestmark = pytest.mark.system
 
 PY = sys.executable
-# A child that says it is ready, then exits 9 on SIGTERM (or SIGHUP, SIGUSR1), writing which
+# A child that says it is ready, then exits 9 on SIGTERM (or HUP, USR1, INT, QUIT), writing which
 # signal it got to the file named by its first argument.
 TRAPPING = (
     "import signal, sys, time\n"
     "def got(sig, frame):\n"
     "    open(sys.argv[1], 'w').write(signal.Signals(sig).name)\n"
     "    sys.exit(9)\n"
-    "for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):\n"
+    "for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGINT, signal.SIGQUIT):\n"
     "    signal.signal(s, got)\n"
     "print('ready', flush=True)\n"
     "time.sleep(60)\n"
@@ -209,7 +209,9 @@ def test_the_command_dies_with_gpulet(tmp_path: Path) -> None:
 def test_signals_to_gpulet_alone_are_forwarded(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, reservation_model("r", 2000))
     try:
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+        # Not on a terminal: SIGINT and SIGQUIT too were sent to gpulet alone (a CI runner's
+        # interrupt), so the command must get them.
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGINT, signal.SIGQUIT):
             marker = tmp_path / f"got-{sig.name}"
             proc = gpulet(
                 d,

@@ -246,3 +246,14 @@ def test_overrides_use_the_same_validation() -> None:
         apply_overrides(BUILTIN_PROFILES["development"], ["colour=red"])
     with pytest.raises(ConfigError, match="expected FIELD=VALUE"):
         apply_overrides(BUILTIN_PROFILES["development"], ["max_vram_mb"])
+
+
+def test_a_model_id_longer_than_the_api_takes_is_refused_with_its_line() -> None:
+    long_id = "m" * 300
+    text = (
+        f'[models.{long_id}]\nbackend = "reservation"\nquantization = "fp16"\n'
+        "vram_estimate_mb = 1000\nrole_priority = { caption = 1 }\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config([], texts=[("big.toml", text)])
+    assert "big.toml:1" in str(e.value) and "at most 256" in str(e.value)

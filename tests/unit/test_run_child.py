@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gpulet.cli import run_child
 from gpulet.cli.run_child import (
     CommandError,
     Relay,
@@ -99,7 +100,9 @@ def test_on_lost_ignore_lets_the_command_finish() -> None:
     assert (code, was_told) == (4, False)
 
 
-def test_relay_ends_gpulet_before_the_command_and_forwards_after() -> None:
+def test_relay_ends_gpulet_before_the_command_and_forwards_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Signalled) as e, Relay():
         # No command yet: the signal ends gpulet through the `with` (releasing the lease).
@@ -111,7 +114,9 @@ def test_relay_ends_gpulet_before_the_command_and_forwards_after() -> None:
     with Relay() as relay:
         child = start([sys.executable, "-c", STUBBORN], sys.executable, dict(os.environ), relay)
         try:
-            # SIGINT to gpulet alone is not passed on (the terminal sends it to the group)...
+            # In the terminal's foreground, a SIGINT is not passed on (the terminal sent it to
+            # the whole group, the command has its own)...
+            monkeypatch.setattr(run_child, "_in_terminal_foreground", lambda: True)
             signal.raise_signal(signal.SIGINT)
             assert child.wait(0.2) is None
             # ...SIGHUP is: the child has no handler for it and dies of it.
@@ -120,6 +125,27 @@ def test_relay_ends_gpulet_before_the_command_and_forwards_after() -> None:
         finally:
             child.close()
     assert code == -signal.SIGHUP
+
+
+def test_a_sigint_sent_to_gpulet_alone_reaches_the_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not the terminal's foreground group (a CI runner, `kill -INT`): passed on."""
+    monkeypatch.setattr(run_child, "_in_terminal_foreground", lambda: False)
+    lost = threading.Event()
+    with Relay() as relay:
+        child = start(
+            [sys.executable, "-c", "import time; time.sleep(30)"],
+            sys.executable,
+            dict(os.environ),
+            relay,
+        )
+        try:
+            signal.raise_signal(signal.SIGINT)
+            code, _ = supervise(child, lost, signal.SIGTERM, lambda: None)
+        finally:
+            child.close()
+    assert code == -signal.SIGINT
 
 
 @pytest.mark.parametrize("lc_ctype", [None, "C", ""])

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from gpulet.address import normalize_address
 from gpulet.cli.exits import Exit
@@ -50,7 +50,13 @@ def quote(text: str, limit: int = 40) -> str:
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (what was wrong, and where to look), not the
-    usage block followed by the error; and it never echoes raw input to the terminal."""
+    usage block followed by the error; and it never echoes raw input to the terminal.
+    Abbreviated options are off: `--tok -x` would escape the handling of tokens that begin
+    with `-`, and a script that abbreviates breaks when an option is added."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*a, **kw)
 
     def error(self, message: str) -> NoReturn:
         line = safe(message)

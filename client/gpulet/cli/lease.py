@@ -172,12 +172,14 @@ def list_leases(client: Client, ns: argparse.Namespace) -> int:
                 x.lease_id,
                 x.model_id,
                 x.client_name,
-                x.cuda_visible_devices,
+                # A GPU UUID is 40 characters; on a terminal its first 12 tell GPUs apart
+                # (`--json` and piped output keep them whole, to be copied).
+                [u[:12] if sys.stdout.isatty() else u for u in x.gpu_uuids],
                 "yes" if x.exclusive else "",
                 x.expires_at.isoformat(timespec="seconds"),
             ]
             for x in leases
         ],
-        flexible={"CLIENT", "GPUS"},
+        flexible={"CLIENT"},
     )
     return 0

@@ -127,12 +127,25 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _subcommand(words: Sequence[str]) -> str | None:
+    """The first word that is not a global option or its value."""
+    it = iter(words)
+    for w in it:
+        if w == "--address":
+            next(it, None)
+        elif not w.startswith("-"):
+            return w
+    return None
+
+
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     # `gpulet run ... -- COMMAND`: everything after the first `--` is the command, untouched
     # by argparse (which would otherwise take its first word for MODEL).
     words = list(argv)
     command: list[str] = []
-    if "--" in words:
+    # Only `run` takes a command: for every other subcommand `--` keeps its argparse meaning
+    # (what follows is positional), so `gpulet select -- -x` and extra words are not dropped.
+    if "--" in words and _subcommand(words[: words.index("--")]) == "run":
         cut = words.index("--")
         words, command = words[:cut], words[cut + 1 :]
     parser = _parser()

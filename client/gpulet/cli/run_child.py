@@ -3,12 +3,13 @@ timeout(1) or tini.
 
 Signals. The command stays in gpulet's process group, so whatever the terminal sends to the
 foreground group (Ctrl-C's SIGINT, Ctrl-\\'s SIGQUIT, SIGWINCH, Ctrl-Z) reaches it directly,
-once. gpulet catches SIGINT and SIGQUIT only so as not to die of them while the command runs
-(it has to wait for the command and then release the lease); it does not pass them on, which
-would deliver them twice. Signals sent to gpulet alone (SIGTERM, SIGHUP, SIGUSR1, SIGUSR2: kill,
-systemd, timeout(1)) are forwarded. A signal that gpulet's caller had set to ignored (nohup,
-for SIGHUP) stays ignored for the command too, as if it ran directly; SIGINT and SIGQUIT are
-always at their default in the command.
+once. gpulet catches SIGINT and SIGQUIT so as not to die of them while the command runs
+(it has to wait for the command and then release the lease); it passes them on only when it
+is not its terminal's foreground group (then they were sent to gpulet alone): passing on a
+Ctrl-C would deliver it twice. Signals sent to gpulet alone (SIGTERM, SIGHUP, SIGUSR1,
+SIGUSR2: kill, systemd, timeout(1)) are forwarded. A signal that gpulet's caller had set to
+ignored (nohup, for SIGHUP) stays ignored for the command too, as if it ran directly; SIGINT
+and SIGQUIT are always at their default in the command.
 
 Dying with gpulet. The command gets PR_SET_PDEATHSIG = SIGKILL (set by a small exec shim, see
 _SHIM), so a `kill -9` of gpulet, which no handler can see, does not leave it running on a GPU
@@ -176,6 +177,16 @@ class Child:
             self.pidfd = None
 
 
+def _in_terminal_foreground() -> bool:
+    """Whether gpulet's process group is its terminal's foreground group: only then did a
+    SIGINT or SIGQUIT come from the terminal to the whole group (the command has its own
+    copy). Otherwise it was sent to gpulet alone (kill, a CI runner) and must be passed on."""
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            return os.tcgetpgrp(fd) == os.getpgrp()
+    return False
+
+
 class Relay:
     """gpulet's signal handlers for the whole of `gpulet run` (a context manager restoring the
     previous ones). Installed before the lease is taken: from then on a signal must never end
@@ -209,7 +220,11 @@ class Relay:
             raise Signalled(sig)
         if self.phase is _Phase.STARTING:
             self.pending.append(sig)
-        elif self.phase is _Phase.RUNNING and self.child is not None and sig in FORWARDED:
+        elif (
+            self.phase is _Phase.RUNNING
+            and self.child is not None
+            and (sig in FORWARDED or not _in_terminal_foreground())
+        ):
             self.child.send(sig)
         # DONE: gpulet is on its way out (releasing the lease): nothing more to do.
 

@@ -26,8 +26,16 @@ def _bounded(text: str, limit: int) -> str:
     raw = text.encode()
     if len(raw) <= limit:
         return text
-    # Cut on a character boundary: a split UTF-8 sequence would be dropped by "ignore".
-    return raw[:limit].decode(errors="ignore") + f"... ({len(raw) - limit} bytes cut)"
+    # The middle goes: the head says what failed, the tail holds what explains it (a
+    # backend's last log lines, the command to run it by hand). Cut on character boundaries:
+    # "ignore" drops a split UTF-8 sequence.
+    head, tail = limit // 4, limit - limit // 4
+    cut = len(raw) - head - tail
+    return (
+        raw[:head].decode(errors="ignore")
+        + f" ... ({cut} bytes cut) ... "
+        + raw[-tail:].decode(errors="ignore")
+    )
 
 
 async def abort(
