@@ -1,4 +1,5 @@
-# The door to the project: `make run`, `make test`, `make lint`, `make proto`, `make bench`.
+# The door to the project: `make run`, `make test`, `make lint`, `make proto`, `make bench`,
+# `make install`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/gpulet/v1/*.proto)
 GEN    := client
 
-.PHONY: venv proto proto-check lint test run bench clean
+.PHONY: venv proto proto-check lint test run bench clean install
 
 venv: $(STAMP)
 
@@ -40,6 +41,31 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Installs the systemd unit and its files (not gpuletd itself: see docs/systemd.md). DESTDIR
+# stages into a directory and touches nothing else; the unit's ExecStart= becomes
+# $(BINDIR)/gpuletd. Existing /etc/default/gpuletd is kept; the example config is installed as
+# gpulet.example.toml, which gpuletd does not read.
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+SYSCONFDIR  ?= /etc
+UNITDIR     ?= $(SYSCONFDIR)/systemd/system
+SYSUSERSDIR ?= $(SYSCONFDIR)/sysusers.d
+TMPFILESDIR ?= $(SYSCONFDIR)/tmpfiles.d
+
+install:
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/default $(DESTDIR)$(SYSCONFDIR)/gpulet
+	sed 's|^ExecStart=/usr/local/bin/gpuletd |ExecStart=$(BINDIR)/gpuletd |' deploy/gpuletd.service \
+		> $(DESTDIR)$(UNITDIR)/gpuletd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/gpuletd.service
+	grep -q '^ExecStart=$(BINDIR)/gpuletd ' $(DESTDIR)$(UNITDIR)/gpuletd.service
+	install -D -m 0644 deploy/gpulet.sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/gpulet.conf
+	install -D -m 0644 deploy/gpulet.tmpfiles.conf $(DESTDIR)$(TMPFILESDIR)/gpulet.conf
+	test -e $(DESTDIR)$(SYSCONFDIR)/default/gpuletd || \
+		install -m 0644 deploy/gpuletd.env $(DESTDIR)$(SYSCONFDIR)/default/gpuletd
+	install -m 0644 deploy/gpulet.example.toml $(DESTDIR)$(SYSCONFDIR)/gpulet/gpulet.example.toml
+	@test -n "$(DESTDIR)" || echo "next: systemd-sysusers; systemd-tmpfiles --create;" \
+		"systemctl daemon-reload; systemctl enable --now gpuletd"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
