@@ -37,14 +37,21 @@ def generate(out: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted(p for p in (out / "gpulet").rglob("*_pb2*") if p.is_file())
+    return _generated(out)
+
+
+def _generated(root: Path) -> list[Path]:
+    # Sources only: an import leaves __pycache__/*_pb2*.pyc beside them, which is not drift.
+    return sorted(
+        p for p in (root / "gpulet").rglob("*_pb2*") if p.is_file() and p.suffix in (".py", ".pyi")
+    )
 
 
 def _check(committed: Path) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
         fresh_rel = {p.relative_to(tmp) for p in fresh}
-        have = {p.relative_to(committed) for p in (committed / "gpulet").rglob("*_pb2*")}
+        have = {p.relative_to(committed) for p in _generated(committed)}
         drift = sorted(
             str(rel)
             for rel in fresh_rel | have

@@ -31,6 +31,7 @@ from gpuletd.config_errors import ConfigError
 from gpuletd.executor import Clock, Executor
 from gpuletd.leases import LeaseManager
 from gpuletd.log_sink import LogSink
+from gpuletd.metrics import MetricsSink
 from gpuletd.probe.simulated import SimulatedProbe
 from gpuletd.runtime import Runtime
 from gpuletd.scheduler import Scheduler, SnapshotError
@@ -131,6 +132,11 @@ class Daemon:
                 SimulatedGpuSink(runtime.poller.probe, self.executor, self.supervisor)
             )
         self.executor.add_sink(self.watch)
+        # Always fed, served only with --metrics (main.py, metrics_http.start_metrics): the
+        # counters then cover the whole run, restore and adoption included, and cost a dict
+        # lookup or two per decision when nobody scrapes.
+        self.metrics = MetricsSink(self.executor, runtime)
+        self.executor.add_sink(self.metrics)
         self.executor.add_sink(LogSink(self._client_of))
         self.executor.add_sink(self.leases)
 

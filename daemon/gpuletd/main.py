@@ -25,6 +25,7 @@ from gpuletd.config_errors import ConfigError
 from gpuletd.daemon import Daemon
 from gpuletd.launch import ignore_until_handled
 from gpuletd.logs import setup_logging
+from gpuletd.metrics_http import start_metrics
 from gpuletd.probe.poller import ProbePoller
 from gpuletd.probe.simulated import SimulatedProbe, parse_simulated_gpus
 from gpuletd.probe.types import GpuProbe
@@ -36,6 +37,7 @@ from gpuletd.server import (
     build_server,
     finish_socket,
     held,
+    listen_credentials,
     unix_socket,
 )
 from gpuletd.signals import Ending, Signals
@@ -120,7 +122,29 @@ def _parser() -> argparse.ArgumentParser:
         help=f"unix:///path socket to serve on (default: $GPULET_ADDRESS or {default_address()})",
     )
     serve.add_argument(
-        "--listen", metavar="HOST:PORT", help="also serve on TCP (off unless asked: no auth)"
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off unless asked; plain "
+        "HTTP, no auth: bind it to loopback or a trusted network)",
+    )
+    serve.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="also serve on TCP (off unless asked); needs TLS unless on loopback with "
+        "--insecure-loopback",
+    )
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate (chain)")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="PEM CA bundle: require client certificates it signed (mutual TLS)",
+    )
+    serve.add_argument(
+        "--insecure-loopback",
+        action="store_true",
+        help="allow --listen without TLS, on a loopback address only",
     )
     serve.add_argument("--socket-group", metavar="GROUP", help="group owning the socket (0660)")
     serve.add_argument(
@@ -272,6 +296,13 @@ async def _serve(ns: argparse.Namespace) -> int:
             grp.getgrnam(ns.socket_group)
         except KeyError:
             raise ConfigError("--socket-group", f"no group named {ns.socket_group!r}") from None
+    tcp_credentials = listen_credentials(
+        ns.listen,
+        cert=ns.tls_cert,
+        key=ns.tls_key,
+        client_ca=ns.tls_client_ca,
+        insecure_loopback=ns.insecure_loopback,
+    )
     # First, so that no signal meets a default action (USR1 and HUP would kill us) while
     # state is restored and backends are adopted.
     signals = Signals()
@@ -290,12 +321,17 @@ async def _serve(ns: argparse.Namespace) -> int:
             stop_grace_s=ns.stop_grace,
             check_invariants=os.environ.get("GPULET_CHECK_INVARIANTS") == "1",
         )
+        # Before adopting backends: a bad --metrics stops the start with nothing touched.
+        metrics = await start_metrics(daemon, ns.metrics) if ns.metrics else None
         await daemon.open()
         server = build_server(runtime, daemon)
         server.grpc_server.add_insecure_port(f"unix:{path}")
         if ns.listen:
             try:
-                port = server.grpc_server.add_insecure_port(ns.listen)
+                if tcp_credentials is None:
+                    port = server.grpc_server.add_insecure_port(ns.listen)
+                else:
+                    port = server.grpc_server.add_secure_port(ns.listen, tcp_credentials)
             except RuntimeError:
                 port = 0
             if port == 0:
@@ -318,6 +354,7 @@ async def _serve(ns: argparse.Namespace) -> int:
             "daemon.serving",
             address=f"unix://{path}",
             tcp=ns.listen,
+            tls="off" if tcp_credentials is None else "mutual" if ns.tls_client_ca else "server",
             profile=active.profile.name,
             source=active.source.value,
             reason=active.reason,
@@ -325,6 +362,7 @@ async def _serve(ns: argparse.Namespace) -> int:
             gpus=len(runtime.gpus),
             models=len(config.registry.models),
             state_dir=str(state_dir),
+            metrics=ns.metrics,
         )
         for w in active.warnings:
             log.warning("profile.warned", warning=w)
@@ -340,6 +378,8 @@ async def _serve(ns: argparse.Namespace) -> int:
         daemon.quiesce()
         await server.set_serving(False)
         await server.grpc_server.stop(grace=5)
+        if metrics is not None:
+            metrics.close()
         if ending is Ending.HANDOFF:
             await daemon.handoff()
             await poller.close()

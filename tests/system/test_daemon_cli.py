@@ -85,7 +85,8 @@ def test_explain_roles_models_gpus_profile_list(d16: Daemon) -> None:
 
 def test_socket_and_directory_modes(d16: Daemon) -> None:
     assert stat.S_IMODE(os.stat(d16.socket).st_mode) == 0o660
-    assert stat.S_IMODE(os.stat(d16.socket.parent).st_mode) == 0o770
+    # The group connects; it must not be able to replace the socket or its lock file.
+    assert stat.S_IMODE(os.stat(d16.socket.parent).st_mode) == 0o750
     assert stat.S_ISSOCK(os.stat(d16.socket).st_mode)
 
 
@@ -229,7 +230,12 @@ def test_tcp_only_when_asked() -> None:
     from gpuletd.backends import pick_free_port
 
     port = pick_free_port()
-    with Daemon("--listen", f"127.0.0.1:{port}", env={"GPULET_SIMULATED_GPUS": "16384"}) as d:
+    with Daemon(
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--insecure-loopback",
+        env={"GPULET_SIMULATED_GPUS": "16384"},
+    ) as d:
         r = run_cli("profile", "show", "--json", address=f"127.0.0.1:{port}")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["name"] == "constrained_16gb"
