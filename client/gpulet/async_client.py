@@ -30,6 +30,7 @@ from gpulet.types import (
     ProfileList,
     Progress,
     ProgressCallback,
+    QueueItem,
     Selection,
     WatchEvent,
 )
@@ -170,6 +171,11 @@ class AsyncClient(BaseClient):
     async def list_leases(self) -> list[Lease]:
         r = await self._call(self._leases.ListLeases, self._LIST_LEASES)
         return [convert.lease(m) for m in r.leases]
+
+    async def queue(self) -> list[QueueItem]:
+        """See `Client.queue`."""
+        r = await self._call(self._leases.ListQueue, self._LIST_QUEUE)
+        return [convert.queue_item(m) for m in r.requests]
 
     async def watch(self) -> AsyncIterator[WatchEvent]:
         try:

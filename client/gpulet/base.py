@@ -156,4 +156,5 @@ class BaseClient:
     _LIST_MODELS = selector_pb2.ListModelsRequest()
     _LIST_ROLES = selector_pb2.ListRolesRequest()
     _LIST_LEASES = leases_pb2.ListLeasesRequest()
+    _LIST_QUEUE = leases_pb2.ListQueueRequest()
     _WATCH = leases_pb2.WatchRequest()

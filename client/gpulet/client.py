@@ -31,6 +31,7 @@ from gpulet.types import (
     ProfileList,
     Progress,
     ProgressCallback,
+    QueueItem,
     Selection,
     WatchEvent,
 )
@@ -179,6 +180,12 @@ class Client(BaseClient):
         """Every live lease, without tokens."""
         r = self._call(self._leases.ListLeases, self._LIST_LEASES)
         return [convert.lease(m) for m in r.leases]
+
+    def queue(self) -> list[QueueItem]:
+        """Every request waiting for a lease, in turn order (those waiting on a load under
+        way last), each with what it waits for."""
+        r = self._call(self._leases.ListQueue, self._LIST_QUEUE)
+        return [convert.queue_item(m) for m in r.requests]
 
     def watch(self) -> Iterator[WatchEvent]:
         """Every state change of models and leases from now on, until the daemon stops."""

@@ -31,6 +31,7 @@ from gpulet.types import (
     ProfileList,
     ProfileSource,
     Progress,
+    QueueItem,
     Selection,
     SelectionBias,
     Strategy,
@@ -48,6 +49,7 @@ __all__ = [
     "profile",
     "profile_list",
     "progress",
+    "queue_item",
     "selection",
     "watch_event",
 ]
@@ -210,6 +212,21 @@ def progress(r: leases_pb2.AcquireResponse) -> Progress | None:
     if which == "loading":
         return Progress("loading", model_id=r.loading.model_id)
     return None
+
+
+def queue_item(m: leases_pb2.QueuedRequest) -> QueueItem:
+    return QueueItem(
+        position=_opt(m, "position"),
+        model_id=m.model_id,
+        client_name=m.client_name,
+        priority=m.priority,
+        effective_priority=m.effective_priority,
+        exclusive=m.exclusive,
+        waited_seconds=m.waited_seconds,
+        waiting_for=m.waiting_for,
+        arrived_at=_time(m.arrived_at) if m.HasField("arrived_at") else None,
+        deadline=_time(m.deadline) if m.HasField("deadline") else None,
+    )
 
 
 def watch_event(r: leases_pb2.WatchResponse) -> WatchEvent | None:

@@ -36,6 +36,7 @@ __all__ = [
     "ProfileSource",
     "Progress",
     "ProgressCallback",
+    "QueueItem",
     "Selection",
     "SelectionBias",
     "Strategy",
@@ -71,6 +72,8 @@ class ProfileSource(StrEnum):
     CONFIG = "config"
     AUTO = "auto"
     DEFAULT = "default"
+    # Switched at run time on the admin socket.
+    ADMIN = "admin"
 
 
 class GpuState(StrEnum):
@@ -331,6 +334,22 @@ class Lease:
         if token:
             d["token"] = self.token
         return d
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """A request waiting for a lease, as `gpulet queue` shows it (never its id or token)."""
+
+    position: int | None  # 1 is next; None while it waits on its model's load under way
+    model_id: str
+    client_name: str
+    priority: int
+    effective_priority: int  # its priority plus what waiting has gained it
+    exclusive: bool
+    waited_seconds: float
+    waiting_for: str  # e.g. "9,000 MiB: qwen3-vl's lease ending"
+    arrived_at: datetime | None
+    deadline: datetime | None  # None: it waits as long as it takes
 
 
 @dataclass(frozen=True)

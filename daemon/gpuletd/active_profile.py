@@ -23,6 +23,8 @@ class ProfileSource(enum.Enum):
     CONFIG = "config"
     AUTO = "auto"
     DEFAULT = "default"
+    # Switched at run time over the admin socket (admin.py); a reload resolves it afresh.
+    ADMIN = "admin"
 
 
 class UnknownProfile(ConfigError):

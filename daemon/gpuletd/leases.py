@@ -14,8 +14,10 @@ import hmac
 import math
 import re
 import secrets
-from collections.abc import AsyncGenerator, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import assert_never
 
 from gpuletd.bounds import (
@@ -31,6 +33,7 @@ from gpuletd.executor import Executor
 from gpuletd.runtime import Runtime
 from gpuletd.scheduler import (
     Decision,
+    GpuView,
     Granted,
     LeaseEnded,
     LeaseRefused,
@@ -38,8 +41,10 @@ from gpuletd.scheduler import (
     Loading,
     ModelState,
     ModelStateChanged,
+    ModelView,
     PreloadSkipped,
     Queued,
+    QueueEntry,
     Rejected,
     Renewed,
     StartBackend,
@@ -54,7 +59,9 @@ __all__ = [
     "LeaseFailed",
     "LeaseInfo",
     "LeaseManager",
+    "QueueInfo",
     "lease_info",
+    "waiting_for",
 ]
 
 LEASE_ID = re.compile(r"^l-[0-9a-f]{16}$")
@@ -68,6 +75,10 @@ MIN_CLAIM_WITHIN_S = 0.1
 # Tokens start with a fixed prefix: never with `-` (which a shell command line takes for an
 # option), and greppable by secret scanners (like GitHub's `ghp_`).
 TOKEN_PREFIX = "gpl_"
+# How many administrator-ended leases keep their reason for a late Renew: as many as the core
+# remembers ended leases by default (Tuning.ended_lease_memory), beyond which the core answers
+# UNKNOWN_LEASE anyway.
+ADMIN_ENDED_MEMORY = 1024
 
 
 class LeaseFailed(Refused):
@@ -98,6 +109,137 @@ class LeaseInfo:
 
 
 AcquireUpdate = Queued | Loading | LeaseInfo
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """A waiting request as `gpulet queue` shows it: never its id or token."""
+
+    position: int | None  # None while it waits on a load of its model under way
+    model_id: str
+    client: str
+    priority: int
+    effective_priority: int
+    exclusive: bool
+    waited_s: float
+    waiting_for: str
+    arrived_at: float  # wall clock
+    deadline: float | None  # wall clock
+
+
+def _names(parts: Sequence[str]) -> str:
+    if len(parts) <= 1:
+        return "".join(parts)
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _pinned_phrase(pinned: Sequence[ModelView], gpu_index: Mapping[str, int]) -> str:
+    """What ending the pinned models takes: their loads finishing, their leases ending."""
+    loading = [v for v in pinned if v.state is ModelState.LOADING]
+    leased = [v for v in pinned if v.state is not ModelState.LOADING]
+    parts = []
+    if loading:
+        gpus = sorted({gpu_index[u] for v in loading for u in v.gpu_uuids if u in gpu_index})
+        where = _names([f"GPU {i}" for i in gpus]) or "a GPU"
+        parts.append(f"{'a load' if len(loading) == 1 else 'loads'} on {where} finishing")
+    if leased:
+        owners = [f"{v.model_id}'s" for v in leased]
+        noun = "lease" if len(leased) == 1 and leased[0].lease_count == 1 else "leases"
+        parts.append(f"{_names(owners)} {noun} ending")
+    return " and ".join(parts)
+
+
+def waiting_for(
+    e: QueueEntry,
+    models: Mapping[str, ModelView],
+    gpus: Sequence[GpuView],
+    *,
+    max_concurrent_models: int,
+    max_vram_mb: int,
+    wall: Callable[[float], float],
+) -> str:
+    """What a waiting request waits for, in words, from the core's views at this moment.
+
+    A reading of the same state the scheduling pass reads, not its verdict: the pass may
+    still serve a request out of turn, or keep one waiting behind the head of the queue."""
+    gpu_index = {g.uuid: g.index for g in gpus}
+    mv = models.get(e.model_id)
+    turn = f"its turn (position {e.position})"
+    if mv is None:
+        return turn
+    if e.position is None or mv.state is ModelState.LOADING:
+        where = _names([f"GPU {gpu_index[u]}" for u in mv.gpu_uuids if u in gpu_index])
+        return "its model's load under way" + (f" on {where}" if where else "")
+    if mv.state is ModelState.UNLOADING:
+        return f"{mv.model_id}'s unload finishing before it loads again"
+    if mv.state is ModelState.LOADED:
+        if e.exclusive and mv.lease_count:
+            return f"{_pinned_phrase([mv], gpu_index)} (it asked for the model to itself)"
+        # Loaded, and not granted: either an exclusive holder or the head's claim on it.
+        return f"{mv.model_id}'s exclusive lease ending or {turn}"
+    if mv.retired:
+        return f"the old definition of {mv.model_id} being stopped"
+    if mv.backoff_until is not None:
+        when = datetime.fromtimestamp(wall(mv.backoff_until)).astimezone()
+        return f"backoff after failures until {when:%H:%M:%S}"
+    need = mv.reservation_mb
+    active = [v for v in models.values() if v.holds_memory]
+    idle = [v for v in active if v.state is ModelState.LOADED and not v.lease_count]
+    pinned = [
+        v for v in active if v.state is ModelState.LOADING or (v.lease_count and not v.retired)
+    ]
+    going = [v for v in active if v.state is ModelState.UNLOADING]
+    # The slot limit: the models holding memory, and whether idle ones can make way.
+    over = len(active) + 1 - max_concurrent_models
+    if over > 0 and over > len(idle) + len(going):
+        why = _pinned_phrase(pinned, gpu_index)
+        limit = f"the slot limit ({len(active)} of {max_concurrent_models} models)"
+        return f"{limit}: {why}" if why else limit
+    usable = [g for g in gpus if not g.lost and g.total_mb is not None]
+
+    def on(g: GpuView, vs: Sequence[ModelView]) -> list[ModelView]:
+        return [v for v in vs if g.uuid in v.gpu_uuids]
+
+    def share(g: GpuView, vs: Sequence[ModelView]) -> int:
+        return sum(
+            mb
+            for v in vs
+            for u, mb in zip(v.gpu_uuids, v.gpu_reservations_mb, strict=True)
+            if u == g.uuid
+        )
+
+    # A GPU's memory first: room now, with idle models evicted and unloads seen through.
+    fits_now = [g for g in usable if g.available_mb >= need]
+    freeable = [
+        g for g in usable if g.available_mb + g.pending_free_mb + share(g, [*idle, *going]) >= need
+    ]
+    if not fits_now and not freeable:
+        best = max(
+            usable,
+            key=lambda g: g.available_mb + g.pending_free_mb + share(g, [*idle, *going, *pinned]),
+            default=None,
+        )
+        if best is None:
+            return f"{need:,} MiB: a GPU to be usable"
+        why = _pinned_phrase(on(best, pinned), gpu_index)
+        if not why:
+            return f"{need:,} MiB on a GPU: memory held outside gpuletd to be freed"
+        return f"{need:,} MiB: {why}"
+    # Then the profile's budget across GPUs.
+    used = sum(v.reserved_mb for v in active)
+    spare = sum(v.reserved_mb for v in [*idle, *going])
+    if used + need > max_vram_mb and used - spare + need > max_vram_mb:
+        why = _pinned_phrase(pinned, gpu_index)
+        budget = f"the VRAM budget ({used:,} of {max_vram_mb:,} MiB)"
+        return f"{budget}: {why}" if why else budget
+    if fits_now:
+        if all(g.loading_model is not None for g in fits_now):
+            return f"a load on GPU {fits_now[0].index} finishing"
+        return turn
+    g = freeable[0]
+    if on(g, going) or g.pending_free_mb:
+        return f"{need:,} MiB: the unload on GPU {g.index} finishing"
+    return f"{turn}, after idle models on GPU {g.index} are evicted"
 
 
 def _digest(token: str) -> str:
@@ -131,6 +273,14 @@ class LeaseManager:
         self._ex = executor
         self._waiters: dict[str, asyncio.Queue[Decision | None]] = {}
         self._closing = False
+        # An administrator's drain (admin.py): unlike `_closing`, held leases and waiting
+        # requests carry on; only new Acquires are refused, and undrain lifts it.
+        self._draining = False
+        # lease id -> why an administrator ended it. The core's `cancel` event records its own
+        # words ("cancelled by its client"); a holder whose lease an operator took away must
+        # read the operator's reason instead. In memory only: after a restart the core's
+        # words are all that is left (a core event carrying the reason would fix that).
+        self._admin_ended: OrderedDict[str, str] = OrderedDict()
 
     def drain(self) -> None:
         """Shutting down: refuse new requests and end the waiting ones with UNAVAILABLE."""
@@ -139,6 +289,25 @@ class LeaseManager:
         self._closing = True
         for q in self._waiters.values():
             q.put_nowait(None)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def set_draining(self, on: bool) -> bool:
+        """Refuse (True) or accept again (False) new Acquires; returns the previous setting."""
+        was, self._draining = self._draining, on
+        return was
+
+    def note_admin_end(self, lease_id: str, reason: str) -> None:
+        """Say `reason` to this lease's holder when it renews or releases after it ended."""
+        self._admin_ended[lease_id] = reason
+        while len(self._admin_ended) > ADMIN_ENDED_MEMORY:
+            self._admin_ended.popitem(last=False)
+
+    def forget_admin_end(self, lease_id: str) -> None:
+        """The lease had already ended on its own: the core's reason is the true one."""
+        self._admin_ended.pop(lease_id, None)
 
     # -- the API ---------------------------------------------------------------------------
 
@@ -185,6 +354,15 @@ class LeaseManager:
             )
         if self._closing:
             raise LeaseFailed("UNAVAILABLE", "SHUTTING_DOWN", "gpuletd is shutting down")
+        if self._draining:
+            # UNAVAILABLE, as for a shutdown: the clients' retry logic already treats it as
+            # "try again later", which is what a drain means.
+            raise LeaseFailed(
+                "UNAVAILABLE",
+                "DRAINING",
+                "gpuletd is draining (an administrator stopped new leases; held leases run "
+                "on): try again later",
+            )
         if role:
             check_name("role", role)
             model_id = self._pick_for_role(role)
@@ -269,6 +447,34 @@ class LeaseManager:
 
     def leases(self) -> list[LeaseInfo]:
         return [lease_info(self._ex, v) for v in self._ex.core.leases()]
+
+    def queue(self) -> list[QueueInfo]:
+        """Every waiting request, in turn order, with what it waits for. Reads only."""
+        core = self._ex.core
+        models, gpus, profile = core.models(), core.gpus(), core.profile
+        now = self._ex.clock.mono()
+        return [
+            QueueInfo(
+                position=e.position,
+                model_id=e.model_id,
+                client=e.client,
+                priority=e.priority,
+                effective_priority=e.effective_priority,
+                exclusive=e.exclusive,
+                waited_s=max(0.0, now - e.arrived_at),
+                waiting_for=waiting_for(
+                    e,
+                    models,
+                    gpus,
+                    max_concurrent_models=profile.max_concurrent_models,
+                    max_vram_mb=profile.max_vram_mb,
+                    wall=self._ex.clock.to_wall,
+                ),
+                arrived_at=self._ex.clock.to_wall(e.arrived_at),
+                deadline=None if e.deadline is None else self._ex.clock.to_wall(e.deadline),
+            )
+            for e in core.queue()
+        ]
 
     def queue_length(self) -> int:
         """Requests waiting for their turn (not those only waiting on a load under way)."""
@@ -371,10 +577,11 @@ class LeaseManager:
                 "token",
             )
 
-    @staticmethod
-    def _raise_if_refused(out: list[Decision], lease_id: str) -> None:
+    def _raise_if_refused(self, out: list[Decision], lease_id: str) -> None:
         for d in out:
             if isinstance(d, LeaseRefused) and d.lease_id == lease_id:
-                raise LeaseFailed(
-                    d.code.value, d.reason.value, f"lease_id: {d.message}", "lease_id"
-                )
+                message = d.message
+                why = self._admin_ended.get(lease_id)
+                if why is not None and d.reason.value == "LEASE_ENDED":
+                    message = f"lease {lease_id} has ended (ended by an administrator: {why})"
+                raise LeaseFailed(d.code.value, d.reason.value, f"lease_id: {message}", "lease_id")

@@ -32,8 +32,12 @@ from gpuletd.probe.types import GpuProbe
 from gpuletd.profiles import profile_values
 from gpuletd.runtime import Runtime
 from gpuletd.server import (
+    ADMIN_SOCKET,
     AlreadyRunning,
     LockFile,
+    admin_socket,
+    bind_admin,
+    build_admin_server,
     build_server,
     finish_socket,
     held,
@@ -120,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
         "--address",
         default=None,
         help=f"unix:///path socket to serve on (default: $GPULET_ADDRESS or {default_address()})",
+    )
+    serve.add_argument(
+        "--admin-socket",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="Unix socket for `gpulet admin` (end leases, unload, drain, switch profile), "
+        "mode 0600: only this user connects (default: admin.sock beside the --address socket)",
     )
     serve.add_argument(
         "--metrics",
@@ -291,6 +303,16 @@ async def _serve(ns: argparse.Namespace) -> int:
             f"socket path {path} is longer than the 107 bytes a "
             "Unix socket allows; choose a shorter path",
         )
+    # Beside the user socket by default: same directory, already made safe for it.
+    admin_path: Path = (ns.admin_socket or path.with_name(ADMIN_SOCKET)).absolute()
+    if admin_path == path:
+        raise ConfigError("--admin-socket", f"must differ from the user socket {path}")
+    if len(os.fsencode(admin_path)) > 107:
+        raise ConfigError(
+            "--admin-socket",
+            f"socket path {admin_path} is longer than the 107 bytes a Unix socket allows; "
+            "choose a shorter path",
+        )
     if ns.socket_group:
         try:
             grp.getgrnam(ns.socket_group)
@@ -313,7 +335,11 @@ async def _serve(ns: argparse.Namespace) -> int:
     os.environ[MARK] = str(state_dir)
     config, active, poller = await _prepare(ns)
     runtime = Runtime(config, active, poller)
-    with unix_socket(path, ns.socket_group), held(LockFile(state_dir / STATE_FILE, "state dir")):
+    with (
+        unix_socket(path, ns.socket_group),
+        admin_socket(admin_path),
+        held(LockFile(state_dir / STATE_FILE, "state dir")),
+    ):
         daemon = Daemon(
             runtime,
             state_dir=state_dir,
@@ -340,7 +366,11 @@ async def _serve(ns: argparse.Namespace) -> int:
                     f"cannot listen on {ns.listen!r} (expected HOST:PORT, free and allowed, "
                     "e.g. 127.0.0.1:50051)",
                 )
+        # A server of its own: AdminService is never on the user socket or the TCP port.
+        admin_server = build_admin_server(runtime, daemon)
+        bind_admin(admin_server, admin_path)
         await server.grpc_server.start()
+        await admin_server.start()
         finish_socket(path, ns.socket_group)
         await server.set_serving(True)
         poller.start()
@@ -353,6 +383,7 @@ async def _serve(ns: argparse.Namespace) -> int:
         log.info(
             "daemon.serving",
             address=f"unix://{path}",
+            admin_socket=str(admin_path),
             tcp=ns.listen,
             tls="off" if tcp_credentials is None else "mutual" if ns.tls_client_ca else "server",
             profile=active.profile.name,
@@ -377,7 +408,7 @@ async def _serve(ns: argparse.Namespace) -> int:
         # (handoff) left for the next daemon.
         daemon.quiesce()
         await server.set_serving(False)
-        await server.grpc_server.stop(grace=5)
+        await asyncio.gather(server.grpc_server.stop(grace=5), admin_server.stop(grace=5))
         if metrics is not None:
             metrics.close()
         if ending is Ending.HANDOFF:

@@ -19,6 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gpulet.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     leases_pb2,
     leases_pb2_grpc,
     profiles_pb2,
@@ -26,18 +28,25 @@ from gpulet.v1 import (
     selector_pb2,
     selector_pb2_grpc,
 )
+from gpuletd.admin import Admin
 from gpuletd.config_errors import ConfigError
 from gpuletd.daemon import Daemon
 from gpuletd.runtime import Runtime
+from gpuletd.services.admin_service import AdminService
 from gpuletd.services.decoding import DecodeGuard
 from gpuletd.services.lease_service import LeaseService
 from gpuletd.services.profile_service import ProfileService
 from gpuletd.services.selector_service import SelectorService
 
 __all__ = [
+    "ADMIN_SERVICE_NAME",
+    "ADMIN_SOCKET",
     "AlreadyRunning",
     "LockFile",
     "Server",
+    "admin_socket",
+    "bind_admin",
+    "build_admin_server",
     "build_server",
     "held",
     "is_loopback",
@@ -54,6 +63,11 @@ SERVICE_NAMES = (
     selector_pb2.DESCRIPTOR.services_by_name["SelectorService"].full_name,
     leases_pb2.DESCRIPTOR.services_by_name["LeaseService"].full_name,
 )
+
+# The admin socket's default name, beside the user socket (main.py).
+ADMIN_SOCKET = "admin.sock"
+# Not in SERVICE_NAMES: nothing that builds the user server may name it.
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 class AlreadyRunning(Exception):
@@ -336,6 +350,46 @@ def build_server(runtime: Runtime, daemon: Daemon) -> Server:
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     return Server(server, health_servicer)
+
+
+def build_admin_server(runtime: Runtime, daemon: Daemon) -> grpc.aio.Server:
+    """A server of its own for AdminService, bound only to the admin socket (`admin_socket`):
+    grpc serves every registered service on every port of a server, so sharing the user
+    server would expose it on the user socket and on TCP."""
+    # Not the metrics interceptor: it caches each method's handler by name, made on the first
+    # call through it, so one instance shared with the user server would hand the user socket
+    # the admin handlers (and this socket the user ones) once called here. Admin RPCs are
+    # therefore not in the RPC metrics; their effects (leases ended, loads) are.
+    server = grpc.aio.server(interceptors=[DecodeGuard()])
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminService(Admin(runtime, daemon.executor, daemon.leases)), server
+    )
+    # Reflection lists only what this server serves, so grpcurl works on the admin socket too.
+    reflection.enable_server_reflection((ADMIN_SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return server
+
+
+def bind_admin(server: grpc.aio.Server, path: Path) -> None:
+    """Bind the admin socket 0600 from its creation: grpc creates it when the port is added,
+    with the process umask, and a group member must never find it connectable, not even
+    between the bind and a chmod. The umask is process-wide, but nothing else runs on this
+    thread meanwhile (add_insecure_port does not yield to the event loop)."""
+    old = os.umask(0o177)
+    try:
+        port = server.add_insecure_port(f"unix:{path}")
+    finally:
+        os.umask(old)
+    if port == 0:  # pragma: no cover - the path was checked, locked and cleared before
+        raise AlreadyRunning(f"cannot bind the admin socket {path}")
+    # And again, should grpc ever create it some other way: only the service user connects.
+    os.chmod(path, 0o600)
+
+
+@contextlib.contextmanager
+def admin_socket(path: Path) -> Iterator[LockFile]:
+    """As `unix_socket`, for the admin socket: its own lock (admin.sock.lock), no group."""
+    with unix_socket(path, None) as lock:
+        yield lock
 
 
 @contextlib.contextmanager

@@ -377,6 +377,43 @@ def test_list_leases_gives_leases_without_tokens(h: Harness) -> None:
     assert_plain_values(leases)
 
 
+def test_queue_gives_waiting_requests_with_what_they_wait_for(h: Harness) -> None:
+    call = h.call(h.client.queue)
+    waiting = leases_pb2.QueuedRequest(
+        position=1,
+        model_id="b",
+        client_name="w@host",
+        priority=2,
+        effective_priority=4,
+        waited_seconds=12.5,
+        waiting_for="9,000 MiB: a's lease ending",
+        arrived_at=ts(NOW),
+        deadline=ts(NOW + timedelta(seconds=60)),
+    )
+    # Riding on a load under way: no position, no deadline.
+    riding = leases_pb2.QueuedRequest(model_id="c", waiting_for="its model's load under way")
+    h.daemon.unary(
+        "LeaseService.ListQueue", leases_pb2.ListQueueResponse(requests=[waiting, riding])
+    )
+    first, second = call.result(timeout=5)
+    assert first == gpulet.types.QueueItem(
+        position=1,
+        model_id="b",
+        client_name="w@host",
+        priority=2,
+        effective_priority=4,
+        exclusive=False,
+        waited_seconds=12.5,
+        waiting_for="9,000 MiB: a's lease ending",
+        arrived_at=NOW,
+        deadline=NOW + timedelta(seconds=60),
+    )
+    assert second.position is None and second.deadline is None and second.arrived_at is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.position = 2
+    assert_plain_values([first, second])
+
+
 def test_watch_yields_typed_events_and_skips_unknown_ones(h: Harness) -> None:
     call = h.call(lambda: list(h.client.watch()))
     h.daemon.stream(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from gpulet.admin import ModelLeased
 from gpulet.errors import (
     DaemonUnavailable,
     DeadlineExceeded,
@@ -54,6 +55,6 @@ def exit_code(e: GpuletError) -> Exit:
         return Exit.NOT_FOUND
     if isinstance(e, InvalidArgument):
         return Exit.USAGE
-    if isinstance(e, PermissionDenied | ResourceExhausted):
+    if isinstance(e, PermissionDenied | ResourceExhausted | ModelLeased):
         return Exit.REFUSED
     return Exit.ERROR

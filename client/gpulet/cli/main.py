@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import gpulet
 from gpulet.address import default_address
-from gpulet.cli import args, lease, models, profile, run, watch
+from gpulet.cli import admin, args, lease, models, profile, queue, run, status, watch
 from gpulet.cli.exits import HELP, Exit, exit_code
 from gpulet.cli.output import err
 from gpulet.client import Client
@@ -103,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     lease.add_credential_args(add("release", lease.release, "end a lease now", lsub))
     add("list", lease.list_leases, "live leases (without tokens)", lsub)
     add("watch", watch.watch, "stream model and lease state changes (--json: one per line)")
+    add("queue", queue.queue, "requests waiting for a lease: position, wait, what each waits for")
+    text = "profile, GPUs, models, leases and the queue on one screen (live on a terminal)"
+    p = sub.add_parser("status", aliases=["top"], parents=[out], help=text, description=text)
+    p.set_defaults(handler=status.status)
+    status.add_arguments(p)
     # Not `add`: `run` prints nothing of its own for --json to shape.
     text = (
         "hold a lease while COMMAND runs, with CUDA_VISIBLE_DEVICES, "
@@ -124,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         help="when the lease is lost: term (SIGTERM, then SIGKILL after a grace; the "
         "default), ignore, or a signal name or number to send to COMMAND",
     )
+    admin.add_parser(sub, out)
     return ap
 
 
@@ -165,8 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = _parse(sys.argv[1:] if argv is None else argv)
     except SystemExit as e:  # --help, --version, or a usage error already printed
         return e.code if isinstance(e.code, int) else Exit.USAGE
-    handler: Handler = ns.handler
     try:
+        admin_handler = getattr(ns, "admin_handler", None)
+        if admin_handler is not None:
+            # `gpulet admin ...` talks to the admin socket, not the user one.
+            return admin.run(admin_handler, ns)
+        handler: Handler = ns.handler
         with Client(address=ns.address) as client:
             return handler(client, ns)
     except GpuletError as e:

@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from gpulet.v1 import types_pb2 as gpulet_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gpulet/v1/leases.proto\x12\tgpulet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15gpulet/v1/types.proto\"\xab\x01\n\x0e\x41\x63quireRequest\x12\x12\n\x08model_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04role\x18\x02 \x01(\tH\x00\x12\x13\n\x0b\x63lient_name\x18\x03 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x01\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x11\n\texclusive\x18\x06 \x01(\x08\x12\x1c\n\x14\x63laim_within_seconds\x18\x07 \x01(\x01\x42\x08\n\x06target\"0\n\x06Queued\x12\x10\n\x08position\x18\x01 \x01(\x05\x12\x14\n\x0cqueue_length\x18\x02 \x01(\x05\".\n\x07Loading\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\tgpu_uuids\x18\x02 \x03(\t\"\x85\x02\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x11\n\tgpu_uuids\x18\x04 \x03(\t\x12\x1c\n\x14\x63uda_visible_devices\x18\x05 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ngranted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63lient_name\x18\t \x01(\t\x12\x11\n\texclusive\x18\n \x01(\x08\"\x8b\x01\n\x0f\x41\x63quireResponse\x12#\n\x06queued\x18\x01 \x01(\x0b\x32\x11.gpulet.v1.QueuedH\x00\x12%\n\x07loading\x18\x02 \x01(\x0b\x32\x12.gpulet.v1.LoadingH\x00\x12#\n\x07granted\x18\x03 \x01(\x0b\x32\x10.gpulet.v1.LeaseH\x00\x42\x07\n\x05state\"D\n\x0cRenewRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\"0\n\rRenewResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.gpulet.v1.Lease\"1\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\x11\n\x0fReleaseResponse\"\x13\n\x11ListLeasesRequest\"6\n\x12ListLeasesResponse\x12 \n\x06leases\x18\x01 \x03(\x0b\x32\x10.gpulet.v1.Lease\"\x0e\n\x0cWatchRequest\"g\n\nModelEvent\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.gpulet.v1.ModelState\x12\x11\n\tgpu_uuids\x18\x03 \x03(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"f\n\nLeaseEvent\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.gpulet.v1.LeaseEventKind\x12\x1f\n\x05lease\x18\x02 \x01(\x0b\x32\x10.gpulet.v1.Lease\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x92\x01\n\rWatchResponse\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x15.gpulet.v1.ModelEventH\x00\x12&\n\x05lease\x18\x03 \x01(\x0b\x32\x15.gpulet.v1.LeaseEventH\x00\x42\x07\n\x05\x65vent*\xee\x01\n\x0eLeaseEventKind\x12 \n\x1cLEASE_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18LEASE_EVENT_KIND_GRANTED\x10\x01\x12\x1c\n\x18LEASE_EVENT_KIND_RENEWED\x10\x02\x12\x1d\n\x19LEASE_EVENT_KIND_RELEASED\x10\x03\x12\x1c\n\x18LEASE_EVENT_KIND_EXPIRED\x10\x04\x12!\n\x1dLEASE_EVENT_KIND_BACKEND_DIED\x10\x05\x12\x1e\n\x1aLEASE_EVENT_KIND_CANCELLED\x10\x06\x32\xd9\x02\n\x0cLeaseService\x12\x42\n\x07\x41\x63quire\x12\x19.gpulet.v1.AcquireRequest\x1a\x1a.gpulet.v1.AcquireResponse0\x01\x12:\n\x05Renew\x12\x17.gpulet.v1.RenewRequest\x1a\x18.gpulet.v1.RenewResponse\x12@\n\x07Release\x12\x19.gpulet.v1.ReleaseRequest\x1a\x1a.gpulet.v1.ReleaseResponse\x12I\n\nListLeases\x12\x1c.gpulet.v1.ListLeasesRequest\x1a\x1d.gpulet.v1.ListLeasesResponse\x12<\n\x05Watch\x12\x17.gpulet.v1.WatchRequest\x1a\x18.gpulet.v1.WatchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gpulet/v1/leases.proto\x12\tgpulet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15gpulet/v1/types.proto\"\xab\x01\n\x0e\x41\x63quireRequest\x12\x12\n\x08model_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04role\x18\x02 \x01(\tH\x00\x12\x13\n\x0b\x63lient_name\x18\x03 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x01\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x11\n\texclusive\x18\x06 \x01(\x08\x12\x1c\n\x14\x63laim_within_seconds\x18\x07 \x01(\x01\x42\x08\n\x06target\"0\n\x06Queued\x12\x10\n\x08position\x18\x01 \x01(\x05\x12\x14\n\x0cqueue_length\x18\x02 \x01(\x05\".\n\x07Loading\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\tgpu_uuids\x18\x02 \x03(\t\"\x85\x02\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x11\n\tgpu_uuids\x18\x04 \x03(\t\x12\x1c\n\x14\x63uda_visible_devices\x18\x05 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ngranted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63lient_name\x18\t \x01(\t\x12\x11\n\texclusive\x18\n \x01(\x08\"\x8b\x01\n\x0f\x41\x63quireResponse\x12#\n\x06queued\x18\x01 \x01(\x0b\x32\x11.gpulet.v1.QueuedH\x00\x12%\n\x07loading\x18\x02 \x01(\x0b\x32\x12.gpulet.v1.LoadingH\x00\x12#\n\x07granted\x18\x03 \x01(\x0b\x32\x10.gpulet.v1.LeaseH\x00\x42\x07\n\x05state\"D\n\x0cRenewRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\"0\n\rRenewResponse\x12\x1f\n\x05lease\x18\x01 \x01(\x0b\x32\x10.gpulet.v1.Lease\"1\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\x11\n\x0fReleaseResponse\"\x13\n\x11ListLeasesRequest\"6\n\x12ListLeasesResponse\x12 \n\x06leases\x18\x01 \x03(\x0b\x32\x10.gpulet.v1.Lease\"\x12\n\x10ListQueueRequest\"\xa6\x02\n\rQueuedRequest\x12\x15\n\x08position\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x1a\n\x12\x65\x66\x66\x65\x63tive_priority\x18\x05 \x01(\x05\x12\x11\n\texclusive\x18\x06 \x01(\x08\x12\x16\n\x0ewaited_seconds\x18\x07 \x01(\x01\x12\x13\n\x0bwaiting_for\x18\x08 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\narrived_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0b\n\t_position\"?\n\x11ListQueueResponse\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.gpulet.v1.QueuedRequest\"\x0e\n\x0cWatchRequest\"g\n\nModelEvent\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.gpulet.v1.ModelState\x12\x11\n\tgpu_uuids\x18\x03 \x03(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"f\n\nLeaseEvent\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.gpulet.v1.LeaseEventKind\x12\x1f\n\x05lease\x18\x02 \x01(\x0b\x32\x10.gpulet.v1.Lease\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x92\x01\n\rWatchResponse\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x15.gpulet.v1.ModelEventH\x00\x12&\n\x05lease\x18\x03 \x01(\x0b\x32\x15.gpulet.v1.LeaseEventH\x00\x42\x07\n\x05\x65vent*\xee\x01\n\x0eLeaseEventKind\x12 \n\x1cLEASE_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18LEASE_EVENT_KIND_GRANTED\x10\x01\x12\x1c\n\x18LEASE_EVENT_KIND_RENEWED\x10\x02\x12\x1d\n\x19LEASE_EVENT_KIND_RELEASED\x10\x03\x12\x1c\n\x18LEASE_EVENT_KIND_EXPIRED\x10\x04\x12!\n\x1dLEASE_EVENT_KIND_BACKEND_DIED\x10\x05\x12\x1e\n\x1aLEASE_EVENT_KIND_CANCELLED\x10\x06\x32\xa1\x03\n\x0cLeaseService\x12\x42\n\x07\x41\x63quire\x12\x19.gpulet.v1.AcquireRequest\x1a\x1a.gpulet.v1.AcquireResponse0\x01\x12:\n\x05Renew\x12\x17.gpulet.v1.RenewRequest\x1a\x18.gpulet.v1.RenewResponse\x12@\n\x07Release\x12\x19.gpulet.v1.ReleaseRequest\x1a\x1a.gpulet.v1.ReleaseResponse\x12I\n\nListLeases\x12\x1c.gpulet.v1.ListLeasesRequest\x1a\x1d.gpulet.v1.ListLeasesResponse\x12\x46\n\tListQueue\x12\x1b.gpulet.v1.ListQueueRequest\x1a\x1c.gpulet.v1.ListQueueResponse\x12<\n\x05Watch\x12\x17.gpulet.v1.WatchRequest\x1a\x18.gpulet.v1.WatchResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpulet.v1.leases_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEASEEVENTKIND']._serialized_start=1413
-  _globals['_LEASEEVENTKIND']._serialized_end=1651
+  _globals['_LEASEEVENTKIND']._serialized_start=1795
+  _globals['_LEASEEVENTKIND']._serialized_end=2033
   _globals['_ACQUIREREQUEST']._serialized_start=94
   _globals['_ACQUIREREQUEST']._serialized_end=265
   _globals['_QUEUED']._serialized_start=267
@@ -57,14 +57,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTLEASESREQUEST']._serialized_end=980
   _globals['_LISTLEASESRESPONSE']._serialized_start=982
   _globals['_LISTLEASESRESPONSE']._serialized_end=1036
-  _globals['_WATCHREQUEST']._serialized_start=1038
-  _globals['_WATCHREQUEST']._serialized_end=1052
-  _globals['_MODELEVENT']._serialized_start=1054
-  _globals['_MODELEVENT']._serialized_end=1157
-  _globals['_LEASEEVENT']._serialized_start=1159
-  _globals['_LEASEEVENT']._serialized_end=1261
-  _globals['_WATCHRESPONSE']._serialized_start=1264
-  _globals['_WATCHRESPONSE']._serialized_end=1410
-  _globals['_LEASESERVICE']._serialized_start=1654
-  _globals['_LEASESERVICE']._serialized_end=1999
+  _globals['_LISTQUEUEREQUEST']._serialized_start=1038
+  _globals['_LISTQUEUEREQUEST']._serialized_end=1056
+  _globals['_QUEUEDREQUEST']._serialized_start=1059
+  _globals['_QUEUEDREQUEST']._serialized_end=1353
+  _globals['_LISTQUEUERESPONSE']._serialized_start=1355
+  _globals['_LISTQUEUERESPONSE']._serialized_end=1418
+  _globals['_WATCHREQUEST']._serialized_start=1420
+  _globals['_WATCHREQUEST']._serialized_end=1434
+  _globals['_MODELEVENT']._serialized_start=1436
+  _globals['_MODELEVENT']._serialized_end=1539
+  _globals['_LEASEEVENT']._serialized_start=1541
+  _globals['_LEASEEVENT']._serialized_end=1643
+  _globals['_WATCHRESPONSE']._serialized_start=1646
+  _globals['_WATCHRESPONSE']._serialized_end=1792
+  _globals['_LEASESERVICE']._serialized_start=2036
+  _globals['_LEASESERVICE']._serialized_end=2453
 # @@protoc_insertion_point(module_scope)

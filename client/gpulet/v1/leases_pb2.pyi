@@ -346,6 +346,100 @@ class ListLeasesResponse(_message.Message):
 Global___ListLeasesResponse: _TypeAlias = ListLeasesResponse  # noqa: Y015
 
 @_typing.final
+class ListQueueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQueueRequest: _TypeAlias = ListQueueRequest  # noqa: Y015
+
+@_typing.final
+class QueuedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_NAME_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_PRIORITY_FIELD_NUMBER: _builtins.int
+    EXCLUSIVE_FIELD_NUMBER: _builtins.int
+    WAITED_SECONDS_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    ARRIVED_AT_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """1 is next; unset while it waits on a load of its model already under way (it needs no
+    turn then).
+    """
+    model_id: _builtins.str
+    client_name: _builtins.str
+    priority: _builtins.int
+    effective_priority: _builtins.int
+    """The priority it is served by now: its own plus what it gained by waiting (aging)."""
+    exclusive: _builtins.bool
+    waited_seconds: _builtins.float
+    waiting_for: _builtins.str
+    """What it waits for, a sentence for people, e.g. "9,000 MiB: qwen3-vl's lease ending",
+    "a load on GPU 0 finishing", "the slot limit (1 of 1 models): qwen3-vl's lease ending".
+    """
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When its Acquire gives up; unset when it waits as long as it takes."""
+
+    @_builtins.property
+    def arrived_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        position: _builtins.int | None = ...,
+        model_id: _builtins.str = ...,
+        client_name: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        effective_priority: _builtins.int = ...,
+        exclusive: _builtins.bool = ...,
+        waited_seconds: _builtins.float = ...,
+        waiting_for: _builtins.str = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        arrived_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_position", b"_position", "arrived_at", b"arrived_at", "deadline", b"deadline", "position", b"position"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_position", b"_position", "arrived_at", b"arrived_at", "client_name", b"client_name", "deadline", b"deadline", "effective_priority", b"effective_priority", "exclusive", b"exclusive", "model_id", b"model_id", "position", b"position", "priority", b"priority", "waited_seconds", b"waited_seconds", "waiting_for", b"waiting_for"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__position: _TypeAlias = _typing.Literal["position"]  # noqa: Y015
+    _WhichOneofArgType__position: _TypeAlias = _typing.Literal["_position", b"_position"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__position) -> _WhichOneofReturnType__position | None: ...
+
+Global___QueuedRequest: _TypeAlias = QueuedRequest  # noqa: Y015
+
+@_typing.final
+class ListQueueResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueuedRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___QueuedRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQueueResponse: _TypeAlias = ListQueueResponse  # noqa: Y015
+
+@_typing.final
 class WatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

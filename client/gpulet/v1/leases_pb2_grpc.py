@@ -55,6 +55,11 @@ class LeaseServiceStub:
                 request_serializer=gpulet_dot_v1_dot_leases__pb2.ListLeasesRequest.SerializeToString,
                 response_deserializer=gpulet_dot_v1_dot_leases__pb2.ListLeasesResponse.FromString,
                 _registered_method=True)
+        self.ListQueue = channel.unary_unary(
+                '/gpulet.v1.LeaseService/ListQueue',
+                request_serializer=gpulet_dot_v1_dot_leases__pb2.ListQueueRequest.SerializeToString,
+                response_deserializer=gpulet_dot_v1_dot_leases__pb2.ListQueueResponse.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/gpulet.v1.LeaseService/Watch',
                 request_serializer=gpulet_dot_v1_dot_leases__pb2.WatchRequest.SerializeToString,
@@ -97,6 +102,14 @@ class LeaseServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListQueue(self, request, context):
+        """Every request waiting in the queue (or on a load under way), in turn order, each with
+        what it waits for. Never shows tokens or request ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Watch(self, request, context):
         """Every state change of models and leases, from now on.
         """
@@ -126,6 +139,11 @@ def add_LeaseServiceServicer_to_server(servicer, server):
                     servicer.ListLeases,
                     request_deserializer=gpulet_dot_v1_dot_leases__pb2.ListLeasesRequest.FromString,
                     response_serializer=gpulet_dot_v1_dot_leases__pb2.ListLeasesResponse.SerializeToString,
+            ),
+            'ListQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQueue,
+                    request_deserializer=gpulet_dot_v1_dot_leases__pb2.ListQueueRequest.FromString,
+                    response_serializer=gpulet_dot_v1_dot_leases__pb2.ListQueueResponse.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
@@ -242,6 +260,33 @@ class LeaseService:
             '/gpulet.v1.LeaseService/ListLeases',
             gpulet_dot_v1_dot_leases__pb2.ListLeasesRequest.SerializeToString,
             gpulet_dot_v1_dot_leases__pb2.ListLeasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpulet.v1.LeaseService/ListQueue',
+            gpulet_dot_v1_dot_leases__pb2.ListQueueRequest.SerializeToString,
+            gpulet_dot_v1_dot_leases__pb2.ListQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class LeaseServiceStub:
     Release: _grpc.UnaryUnaryMultiCallable[_leases_pb2.ReleaseRequest, _leases_pb2.ReleaseResponse]
     ListLeases: _grpc.UnaryUnaryMultiCallable[_leases_pb2.ListLeasesRequest, _leases_pb2.ListLeasesResponse]
     """Never shows tokens."""
+    ListQueue: _grpc.UnaryUnaryMultiCallable[_leases_pb2.ListQueueRequest, _leases_pb2.ListQueueResponse]
+    """Every request waiting in the queue (or on a load under way), in turn order, each with
+    what it waits for. Never shows tokens or request ids.
+    """
     Watch: _grpc.UnaryStreamMultiCallable[_leases_pb2.WatchRequest, _leases_pb2.WatchResponse]
     """Every state change of models and leases, from now on."""
 
@@ -65,6 +69,10 @@ class LeaseServiceAsyncStub(LeaseServiceStub):
     Release: _aio.UnaryUnaryMultiCallable[_leases_pb2.ReleaseRequest, _leases_pb2.ReleaseResponse]  # type: ignore[assignment]
     ListLeases: _aio.UnaryUnaryMultiCallable[_leases_pb2.ListLeasesRequest, _leases_pb2.ListLeasesResponse]  # type: ignore[assignment]
     """Never shows tokens."""
+    ListQueue: _aio.UnaryUnaryMultiCallable[_leases_pb2.ListQueueRequest, _leases_pb2.ListQueueResponse]  # type: ignore[assignment]
+    """Every request waiting in the queue (or on a load under way), in turn order, each with
+    what it waits for. Never shows tokens or request ids.
+    """
     Watch: _aio.UnaryStreamMultiCallable[_leases_pb2.WatchRequest, _leases_pb2.WatchResponse]  # type: ignore[assignment]
     """Every state change of models and leases, from now on."""
 
@@ -106,6 +114,16 @@ class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_leases_pb2.ListLeasesResponse, _abc.Awaitable[_leases_pb2.ListLeasesResponse]]:
         """Never shows tokens."""
+
+    @_abc_1.abstractmethod
+    def ListQueue(
+        self,
+        request: _leases_pb2.ListQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_leases_pb2.ListQueueResponse, _abc.Awaitable[_leases_pb2.ListQueueResponse]]:
+        """Every request waiting in the queue (or on a load under way), in turn order, each with
+        what it waits for. Never shows tokens or request ids.
+        """
 
     @_abc_1.abstractmethod
     def Watch(

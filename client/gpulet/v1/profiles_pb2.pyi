@@ -32,6 +32,8 @@ class _ProfileSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Profile
     PROFILE_SOURCE_CONFIG: _ProfileSource.ValueType  # 3
     PROFILE_SOURCE_AUTO: _ProfileSource.ValueType  # 4
     PROFILE_SOURCE_DEFAULT: _ProfileSource.ValueType  # 5
+    PROFILE_SOURCE_ADMIN: _ProfileSource.ValueType  # 6
+    """Switched at run time by an administrator (AdminService.SwitchProfile)."""
 
 class ProfileSource(_ProfileSource, metaclass=_ProfileSourceEnumTypeWrapper): ...
 
@@ -41,6 +43,8 @@ PROFILE_SOURCE_ENV: ProfileSource.ValueType  # 2
 PROFILE_SOURCE_CONFIG: ProfileSource.ValueType  # 3
 PROFILE_SOURCE_AUTO: ProfileSource.ValueType  # 4
 PROFILE_SOURCE_DEFAULT: ProfileSource.ValueType  # 5
+PROFILE_SOURCE_ADMIN: ProfileSource.ValueType  # 6
+"""Switched at run time by an administrator (AdminService.SwitchProfile)."""
 Global___ProfileSource: _TypeAlias = ProfileSource  # noqa: Y015
 
 @_typing.final

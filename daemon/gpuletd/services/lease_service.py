@@ -12,13 +12,13 @@ from google.protobuf import timestamp_pb2
 from gpulet.v1 import leases_pb2 as pb
 from gpulet.v1 import leases_pb2_grpc
 from gpuletd.bounds import Refused
-from gpuletd.leases import LeaseInfo, LeaseManager
+from gpuletd.leases import LeaseInfo, LeaseManager, QueueInfo
 from gpuletd.scheduler import Loading, ModelStateChanged, Queued
 from gpuletd.services.convert import model_state_pb
 from gpuletd.services.errors import fail
 from gpuletd.watch import LeaseEvent, WatchSink
 
-__all__ = ["LeaseService", "lease_pb"]
+__all__ = ["LeaseService", "lease_pb", "queued_pb"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -51,6 +51,24 @@ def lease_pb(x: LeaseInfo) -> pb.Lease:
         client_name=x.client,
         exclusive=x.exclusive,
     )
+
+
+def queued_pb(q: QueueInfo) -> pb.QueuedRequest:
+    m = pb.QueuedRequest(
+        model_id=q.model_id,
+        client_name=q.client,
+        priority=q.priority,
+        effective_priority=q.effective_priority,
+        exclusive=q.exclusive,
+        waited_seconds=q.waited_s,
+        waiting_for=q.waiting_for,
+        arrived_at=_ts(q.arrived_at),
+    )
+    if q.position is not None:
+        m.position = q.position
+    if q.deadline is not None:
+        m.deadline.CopyFrom(_ts(q.deadline))
+    return m
 
 
 class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
@@ -122,6 +140,11 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
         self, request: pb.ListLeasesRequest, context: Context
     ) -> pb.ListLeasesResponse:
         return pb.ListLeasesResponse(leases=[lease_pb(x) for x in self._leases.leases()])
+
+    async def ListQueue(
+        self, request: pb.ListQueueRequest, context: Context
+    ) -> pb.ListQueueResponse:
+        return pb.ListQueueResponse(requests=[queued_pb(q) for q in self._leases.queue()])
 
     async def Watch(
         self, request: pb.WatchRequest, context: Context

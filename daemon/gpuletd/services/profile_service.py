@@ -24,6 +24,7 @@ _SOURCE = {
     ProfileSource.CONFIG: pb.PROFILE_SOURCE_CONFIG,
     ProfileSource.AUTO: pb.PROFILE_SOURCE_AUTO,
     ProfileSource.DEFAULT: pb.PROFILE_SOURCE_DEFAULT,
+    ProfileSource.ADMIN: pb.PROFILE_SOURCE_ADMIN,
 }
 
 Context = grpc.aio.ServicerContext[Any, Any]
