@@ -26,6 +26,7 @@ from gpulet.types import (
     GpuStatus,
     Lease,
     Model,
+    Plan,
     Profile,
     ProfileList,
     Progress,
@@ -176,6 +177,20 @@ class AsyncClient(BaseClient):
         """See `Client.queue`."""
         r = await self._call(self._leases.ListQueue, self._LIST_QUEUE)
         return [convert.queue_item(m) for m in r.requests]
+
+    async def plan(
+        self,
+        model_id: str | None = None,
+        *,
+        role: str | None = None,
+        priority: int = 0,
+        exclusive: bool = False,
+    ) -> Plan:
+        """See `Client.plan`."""
+        r = await self._call(
+            self._leases.Plan, self._plan_request(model_id, role, priority, exclusive)
+        )
+        return convert.plan(r)
 
     async def watch(self) -> AsyncIterator[WatchEvent]:
         try:

@@ -132,6 +132,19 @@ class BaseClient:
         lease_id, token = self._credentials(lease, token)
         return leases_pb2.RenewRequest(lease_id=lease_id, token=token, ttl_seconds=ttl or 0.0)
 
+    @staticmethod
+    def _plan_request(
+        model_id: str | None, role: str | None, priority: int, exclusive: bool
+    ) -> leases_pb2.PlanRequest:
+        if (model_id is None) == (role is None):
+            raise ValueError("give exactly one of model_id or role")
+        req = leases_pb2.PlanRequest(priority=priority, exclusive=exclusive)
+        if model_id is not None:
+            req.model_id = model_id
+        else:
+            req.role = role or ""
+        return req
+
     def _release_request(self, lease: Lease | str, token: str | None) -> leases_pb2.ReleaseRequest:
         lease_id, token = self._credentials(lease, token)
         return leases_pb2.ReleaseRequest(lease_id=lease_id, token=token)

@@ -27,6 +27,7 @@ from gpulet.types import (
     GpuStatus,
     Lease,
     Model,
+    Plan,
     Profile,
     ProfileList,
     Progress,
@@ -186,6 +187,21 @@ class Client(BaseClient):
         way last), each with what it waits for."""
         r = self._call(self._leases.ListQueue, self._LIST_QUEUE)
         return [convert.queue_item(m) for m in r.requests]
+
+    def plan(
+        self,
+        model_id: str | None = None,
+        *,
+        role: str | None = None,
+        priority: int = 0,
+        exclusive: bool = False,
+    ) -> Plan:
+        """What `acquire` would meet now, without changing anything: granted at once, a load
+        (on which GPUs, evicting which idle models at what reload cost), a wait (position and
+        what for) or a refusal. Raises NotFound for an unknown model, UnknownRole for an
+        unknown role; a refusal the acquire would meet is an answer (`PlanOutcome.REFUSED`)."""
+        r = self._call(self._leases.Plan, self._plan_request(model_id, role, priority, exclusive))
+        return convert.plan(r)
 
     def watch(self) -> Iterator[WatchEvent]:
         """Every state change of models and leases from now on, until the daemon stops."""

@@ -27,6 +27,9 @@ from gpulet.types import (
     ModelEvent,
     ModelState,
     PlacedModel,
+    Plan,
+    PlanOutcome,
+    PlanVictim,
     Profile,
     ProfileList,
     ProfileSource,
@@ -46,6 +49,7 @@ __all__ = [
     "gpu_status",
     "lease",
     "model",
+    "plan",
     "profile",
     "profile_list",
     "progress",
@@ -226,6 +230,29 @@ def queue_item(m: leases_pb2.QueuedRequest) -> QueueItem:
         waiting_for=m.waiting_for,
         arrived_at=_time(m.arrived_at) if m.HasField("arrived_at") else None,
         deadline=_time(m.deadline) if m.HasField("deadline") else None,
+    )
+
+
+def plan(m: leases_pb2.PlanResponse) -> Plan:
+    return Plan(
+        outcome=_enum(PlanOutcome, leases_pb2.PlanOutcome, m.outcome),
+        model_id=m.model_id,
+        gpu_uuids=tuple(m.gpu_uuids),
+        victims=tuple(
+            PlanVictim(
+                model_id=v.model_id,
+                gpu_uuids=tuple(v.gpu_uuids),
+                reserved_mb=v.reserved_mb,
+                reload_seconds=v.reload_seconds,
+                reload_measured=v.reload_measured,
+            )
+            for v in m.victims
+        ),
+        position=_opt(m, "position"),
+        waiting_for=m.waiting_for,
+        message=m.message,
+        code=m.code,
+        reason=m.reason,
     )
 
 

@@ -31,6 +31,9 @@ __all__ = [
     "ModelEvent",
     "ModelState",
     "PlacedModel",
+    "Plan",
+    "PlanOutcome",
+    "PlanVictim",
     "Profile",
     "ProfileList",
     "ProfileSource",
@@ -350,6 +353,42 @@ class QueueItem:
     waiting_for: str  # e.g. "9,000 MiB: qwen3-vl's lease ending"
     arrived_at: datetime | None
     deadline: datetime | None  # None: it waits as long as it takes
+
+
+class PlanOutcome(StrEnum):
+    """What an Acquire would meet now (`Client.plan`)."""
+
+    UNSPECIFIED = "unspecified"
+    GRANTED = "granted"  # its model is loaded: granted at once
+    LOAD = "load"  # its model would load now (after evicting the victims, if any)
+    WAIT = "wait"  # it would wait: in the queue (position) or on its model's load under way
+    REFUSED = "refused"  # it would be refused (code, reason, message)
+
+
+@dataclass(frozen=True)
+class PlanVictim:
+    """An idle model a load would evict, and what loading it again is expected to cost."""
+
+    model_id: str
+    gpu_uuids: tuple[str, ...]
+    reserved_mb: int
+    reload_seconds: float
+    reload_measured: bool  # False: estimated at 2 s per GiB of its reservation
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The answer to "what if I asked for this now?" — found without changing anything."""
+
+    outcome: PlanOutcome
+    model_id: str  # the model asked for, or the one the role resolves to
+    gpu_uuids: tuple[str, ...]
+    victims: tuple[PlanVictim, ...]
+    position: int | None  # its queue position when it would wait for a turn
+    waiting_for: str
+    message: str
+    code: str = ""  # refused: the status code name the Acquire would get
+    reason: str = ""  # refused: e.g. MODEL_TOO_LARGE, QUEUE_FULL
 
 
 @dataclass(frozen=True)

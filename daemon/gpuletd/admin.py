@@ -3,11 +3,13 @@ like any other, so it is ordered with every grant, reaches the store and the Wat
 cannot leave the core and the shell disagreeing. No I/O here beyond the executor and the lease
 API; services/admin_service.py turns the wire into these calls.
 
-What the core offers, and so what these operations can honestly do:
-- ending a lease: the `cancel` event (reason `cancelled`); the operator's reason is told to the
-  holder by the lease API (`LeaseManager.note_admin_end`), since the core event carries none;
-- unloading: the core has no event that stops an idle loaded model at once, so an unload ends
-  the model's leases (with `force`) and leaves it to unload at the end of its grace period;
+What the core offers, and so what these operations do:
+- ending a lease: the `revoke` event (reason `revoked`, message "ended by an administrator:
+  <reason>"), so Watch, the log, the store and a late renew/release (also after a restart: the
+  core's ended-lease memory is in its snapshot) all say so;
+- unloading: the `unload` event stops an idle loaded model at once (StopBackend reason
+  `admin`) and stops keeping it warm; with `force` each lease is revoked first. The core
+  refuses a leased or loading model, and that refusal is the answer;
 - switching the profile: the `reconfigure` event, as a reload (SIGHUP) sends;
 - draining: a flag of the lease API, not of the core (the core queues what it is given).
 """
@@ -26,7 +28,7 @@ from gpuletd.config_errors import ConfigError
 from gpuletd.executor import Executor
 from gpuletd.leases import LEASE_ID, LeaseManager
 from gpuletd.runtime import Runtime
-from gpuletd.scheduler import LeaseEnded, ModelState
+from gpuletd.scheduler import Decision, LeaseEnded, LeaseRefused, ModelState, RejectReason
 
 __all__ = ["Admin", "AdminFailed", "Drained", "EndedLease", "ProfileSwitched", "Unloaded"]
 
@@ -52,8 +54,8 @@ class Unloaded:
     model_id: str
     ended: tuple[EndedLease, ...]
     state: ModelState
-    # Wall-clock time at which it unloads, unleased, for idleness (None: not loaded, or kept
-    # warm, or already unloading).
+    # Wall-clock time at which it unloads: always None now that an unload stops the model at
+    # once (kept for the wire's `unloads_at`).
     unloads_at: float | None
     message: str
 
@@ -120,13 +122,10 @@ class Admin:
     def _end(self, lease_id: str, reason: str) -> EndedLease | None:
         """End one held lease; None if it is not held (never was, or has ended by itself)."""
         if self._ex.core.lease(lease_id) is None:
-            # Checked first: `cancel` on a pending request id would refuse that request, and
-            # an admin ends leases, not requests.
+            # Checked first, for the answer's sake: the core would refuse it too.
             return None
-        # Noted before the event: the holder may renew in the same loop iteration as the
-        # decision reaches the sinks.
-        self._leases.note_admin_end(lease_id, reason)
-        out = self._ex.feed(lambda c, now: c.cancel(lease_id, now=now))
+        message = f"ended by an administrator: {reason}"
+        out = self._ex.feed(lambda c, now: c.revoke(lease_id, message, now=now))
         for d in out:
             if isinstance(d, LeaseEnded) and d.lease_id == lease_id:
                 log.info(
@@ -138,7 +137,6 @@ class Admin:
                 )
                 return EndedLease(lease_id, d.model_id, d.client)
         # It expired in the same event (the core runs what is due first): its own reason holds.
-        self._leases.forget_admin_end(lease_id)
         return None
 
     # -- models --------------------------------------------------------------------------------
@@ -155,18 +153,39 @@ class Admin:
                 f"{listing(self._rt.registry.models)}",
                 "model_id",
             )
-        held = [v for v in self._ex.core.leases() if v.model_id == model_id]
-        if held and not force:
-            holders = ", ".join(f"{v.lease_id} ({v.client or 'unnamed client'})" for v in held)
+        why = "unloaded by an administrator" + (f": {reason}" if reason else "")
+        ended: list[EndedLease] = []
+        # With force, a lease granted from the queue as another ends is revoked in turn; the
+        # bound only guards against a shell bug.
+        for _ in range(8 if force else 1):
+            if force:
+                held = [v.lease_id for v in self._ex.core.leases() if v.model_id == model_id]
+                ended.extend(e for lid in held if (e := self._end(lid, reason)) is not None)
+            out = self._ex.feed(lambda c, now: c.unload(model_id, now=now, message=why))
+            refused = _unload_refusals(out, model_id)
+            if not refused or refused[0].reason is not RejectReason.MODEL_LEASED or not force:
+                break
+        if refused and refused[0].reason is RejectReason.MODEL_LOADING:
+            raise AdminFailed(
+                "FAILED_PRECONDITION",
+                "MODEL_LOADING",
+                f"model_id: {refused[0].message}",
+                "model_id",
+            )
+        if refused:
+            holders = ", ".join(f"{r.lease_id} ({r.client or 'unnamed client'})" for r in refused)
+            hint = (
+                "; still leased after ending its leases: retry"
+                if force
+                else "; pass force (with a reason) to end those leases"
+            )
             raise AdminFailed(
                 "FAILED_PRECONDITION",
                 "MODEL_LEASED",
-                f"model {model_id} is leased by {holders}; pass force (with a reason) to end "
-                "those leases",
+                f"model {model_id} is leased by {holders}{hint}",
                 "model_id",
             )
-        ended = tuple(e for v in held if (e := self._end(v.lease_id, reason)) is not None)
-        result = self._after_unload(model_id, ended)
+        result = self._after_unload(model_id, tuple(ended))
         log.info(
             "admin.unload_asked",
             model_id=model_id,
@@ -180,29 +199,14 @@ class Admin:
     def _after_unload(self, model_id: str, ended: tuple[EndedLease, ...]) -> Unloaded:
         view = self._ex.core.model(model_id)
         state = view.state if view is not None else ModelState.UNLOADED
-        unloads_at: float | None = None
         if view is None or state in (ModelState.UNLOADED, ModelState.FAILED):
             message = f"{model_id} is not loaded"
         elif state is ModelState.UNLOADING:
             message = f"{model_id} is unloading"
-        elif view.lease_count:
-            # Only reachable if a lease could not be ended (it was granted in between).
-            message = f"{model_id} is still leased ({view.lease_count} lease(s))"
-        elif view.keep_warm:
-            message = (
-                f"{model_id} is kept warm (preload list) and stays loaded: gpuletd has no event "
-                "to unload it at once"
-            )
-        elif view.grace_until is not None:
-            unloads_at = self._ex.clock.to_wall(view.grace_until)
-            left = max(0.0, view.grace_until - self._ex.clock.mono())
-            message = (
-                f"{model_id} is {state.value} and unleased: it unloads at the end of its grace "
-                f"period, in {left:.0f} s (gpuletd has no event to unload an idle model at once)"
-            )
         else:
-            message = f"{model_id} is {state.value}; it unloads once loaded and idle past its grace"
-        return Unloaded(model_id, ended, state, unloads_at, message)
+            # Only reachable if the stop was answered and a request loaded it again at once.
+            message = f"{model_id} is {state.value} again"
+        return Unloaded(model_id, ended, state, None, message)
 
     # -- the profile ---------------------------------------------------------------------------
 
@@ -263,3 +267,13 @@ class Admin:
         was = self._leases.set_draining(False)
         log.info("admin.undrained", was_draining=was)
         return was
+
+
+def _unload_refusals(out: list[Decision], model_id: str) -> list[LeaseRefused]:
+    return [
+        d
+        for d in out
+        if isinstance(d, LeaseRefused)
+        and d.model_id == model_id
+        and d.reason in (RejectReason.MODEL_LEASED, RejectReason.MODEL_LOADING)
+    ]

@@ -14,11 +14,10 @@ import hmac
 import math
 import re
 import secrets
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from gpuletd.bounds import (
     MIN_TTL_S,
@@ -47,10 +46,14 @@ from gpuletd.scheduler import (
     QueueEntry,
     Rejected,
     Renewed,
+    Scheduler,
     StartBackend,
     StopBackend,
 )
 from gpuletd.selector import select
+
+if TYPE_CHECKING:
+    from gpuletd.plan import PlanResult
 
 __all__ = [
     "LEASE_ID",
@@ -75,10 +78,6 @@ MIN_CLAIM_WITHIN_S = 0.1
 # Tokens start with a fixed prefix: never with `-` (which a shell command line takes for an
 # option), and greppable by secret scanners (like GitHub's `ghp_`).
 TOKEN_PREFIX = "gpl_"
-# How many administrator-ended leases keep their reason for a late Renew: as many as the core
-# remembers ended leases by default (Tuning.ended_lease_memory), beyond which the core answers
-# UNKNOWN_LEASE anyway.
-ADMIN_ENDED_MEMORY = 1024
 
 
 class LeaseFailed(Refused):
@@ -276,11 +275,6 @@ class LeaseManager:
         # An administrator's drain (admin.py): unlike `_closing`, held leases and waiting
         # requests carry on; only new Acquires are refused, and undrain lifts it.
         self._draining = False
-        # lease id -> why an administrator ended it. The core's `cancel` event records its own
-        # words ("cancelled by its client"); a holder whose lease an operator took away must
-        # read the operator's reason instead. In memory only: after a restart the core's
-        # words are all that is left (a core event carrying the reason would fix that).
-        self._admin_ended: OrderedDict[str, str] = OrderedDict()
 
     def drain(self) -> None:
         """Shutting down: refuse new requests and end the waiting ones with UNAVAILABLE."""
@@ -298,16 +292,6 @@ class LeaseManager:
         """Refuse (True) or accept again (False) new Acquires; returns the previous setting."""
         was, self._draining = self._draining, on
         return was
-
-    def note_admin_end(self, lease_id: str, reason: str) -> None:
-        """Say `reason` to this lease's holder when it renews or releases after it ended."""
-        self._admin_ended[lease_id] = reason
-        while len(self._admin_ended) > ADMIN_ENDED_MEMORY:
-            self._admin_ended.popitem(last=False)
-
-    def forget_admin_end(self, lease_id: str) -> None:
-        """The lease had already ended on its own: the core's reason is the true one."""
-        self._admin_ended.pop(lease_id, None)
 
     # -- the API ---------------------------------------------------------------------------
 
@@ -476,6 +460,81 @@ class LeaseManager:
             for e in core.queue()
         ]
 
+    def plan(
+        self, *, model_id: str = "", role: str = "", priority: int = 0, exclusive: bool = False
+    ) -> PlanResult:
+        """What an Acquire of `model_id` (or `role`) would meet now, run against a copy of the
+        core: nothing changes (see plan.py). Raises Refused for a request the Acquire would
+        refuse before it reached the core (bad field, unknown model or role)."""
+        from gpuletd.plan import Outcome, PlanResult, what_if  # plan.py imports this module
+
+        if priority not in PRIORITY_RANGE:
+            raise LeaseFailed(
+                "INVALID_ARGUMENT",
+                "INVALID_PRIORITY",
+                f"priority: must be between {PRIORITY_RANGE.start} and "
+                f"{PRIORITY_RANGE.stop - 1}, got {priority}",
+                "priority",
+            )
+        if role:
+            check_name("role", role)
+            try:
+                model_id = self._pick_for_role(role)
+            except LeaseFailed as e:  # no model for the role fits: the Acquire's answer too
+                return PlanResult(
+                    Outcome.REFUSED, "", message=e.message, code=e.code, reason=e.reason
+                )
+        elif not model_id:
+            raise LeaseFailed(
+                "INVALID_ARGUMENT",
+                "MISSING_FIELD",
+                "model_id or role: one of them is required",
+                "model_id",
+            )
+        else:
+            check_name("model_id", model_id)
+        if self._ex.core.model(model_id) is None:
+            raise LeaseFailed(
+                "NOT_FOUND",
+                "UNKNOWN_MODEL",
+                f"model_id: unknown model {quote(model_id)}; known models: "
+                f"{listing(self._rt.registry.models)}",
+                "model_id",
+            )
+        if self._closing or self._draining:
+            why = "shutting down" if self._closing else "draining (new leases are refused)"
+            return PlanResult(
+                Outcome.REFUSED,
+                model_id,
+                message=f"gpuletd is {why}",
+                code="UNAVAILABLE",
+                reason="SHUTTING_DOWN" if self._closing else "DRAINING",
+            )
+        return what_if(
+            self._ex.core,
+            model_id,
+            now=self._ex.clock.mono(),
+            models=self._rt.registry.models,
+            waiting=self._waiting_for,
+            priority=priority,
+            exclusive=exclusive,
+        )
+
+    def _waiting_for(self, core: Scheduler, request_id: str) -> str:
+        """What `request_id` waits for in `core` (a copy, for a plan), as `queue` says it."""
+        entry = next((e for e in core.queue() if e.request_id == request_id), None)
+        if entry is None:
+            return ""
+        profile = core.profile
+        return waiting_for(
+            entry,
+            core.models(),
+            core.gpus(),
+            max_concurrent_models=profile.max_concurrent_models,
+            max_vram_mb=profile.max_vram_mb,
+            wall=self._ex.clock.to_wall,
+        )
+
     def queue_length(self) -> int:
         """Requests waiting for their turn (not those only waiting on a load under way)."""
         return self._ex.core.waiting_count()
@@ -577,11 +636,10 @@ class LeaseManager:
                 "token",
             )
 
-    def _raise_if_refused(self, out: list[Decision], lease_id: str) -> None:
+    @staticmethod
+    def _raise_if_refused(out: list[Decision], lease_id: str) -> None:
         for d in out:
             if isinstance(d, LeaseRefused) and d.lease_id == lease_id:
-                message = d.message
-                why = self._admin_ended.get(lease_id)
-                if why is not None and d.reason.value == "LEASE_ENDED":
-                    message = f"lease {lease_id} has ended (ended by an administrator: {why})"
-                raise LeaseFailed(d.code.value, d.reason.value, f"lease_id: {message}", "lease_id")
+                raise LeaseFailed(
+                    d.code.value, d.reason.value, f"lease_id: {d.message}", "lease_id"
+                )

@@ -35,6 +35,7 @@ _END_LEVEL = {
     LeaseEndReason.CANCELLED: logging.INFO,
     LeaseEndReason.EXPIRED: logging.WARNING,
     LeaseEndReason.BACKEND_DIED: logging.WARNING,
+    LeaseEndReason.REVOKED: logging.WARNING,
 }
 
 

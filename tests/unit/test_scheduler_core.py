@@ -949,3 +949,178 @@ def test_the_claim_deadline_survives_a_restart() -> None:
     )
     r.start(1.0)
     assert one(r.tick(2.0), LeaseEnded).reason is LeaseEndReason.CANCELLED
+
+
+# -- administrator events: revoke, unload, pin ----------------------------------------------------
+
+
+def restored(s: Scheduler, now: float, profile: str = "constrained_16gb") -> Scheduler:
+    r = Scheduler.restore(
+        s.snapshot(), BUILTIN_PROFILES[profile], REG, [snap(0, s.gpus()[0].total_mb or 0)], now=now
+    )
+    r.start(now)
+    return r
+
+
+def test_revoke_ends_a_lease_and_a_late_renew_says_revoked() -> None:
+    s = make()
+    lease(s, "l1", "a", 0.0, client="w")
+    ended = one(s.revoke("l1", "ended by an administrator: oops", now=1.0), LeaseEnded)
+    assert (ended.reason, ended.message, ended.client) == (
+        LeaseEndReason.REVOKED,
+        "ended by an administrator: oops",
+        "w",
+    )
+    assert s.leases() == [] and mv(s, "a").idle_since == 1.0
+    ok(s)
+    for late in (s.renew("l1", now=2.0), s.release("l1", now=2.0), s.revoke("l1", "x", now=2.0)):
+        refused = one(late, LeaseRefused)
+        assert refused.code is RejectCode.NOT_FOUND and refused.reason is RejectReason.LEASE_ENDED
+        assert "revoked: ended by an administrator: oops" in refused.message
+    assert one(s.revoke("nope", "x", now=2.0), LeaseRefused).reason is RejectReason.UNKNOWN_LEASE
+
+
+def test_a_revoked_leases_memory_survives_a_restore() -> None:
+    s = make()
+    lease(s, "l1", "a", 0.0)
+    s.revoke("l1", "maintenance", now=1.0)
+    r = restored(s, 2.0)
+    assert "revoked: maintenance" in one(r.renew("l1", now=2.0), LeaseRefused).message
+
+
+def test_revoke_serves_the_queue_at_once() -> None:
+    s = make()
+    lease(s, "l1", "a", 0.0, exclusive=True)
+    assert of(s.request("r2", "a", now=1.0), Granted) == []
+    out = s.revoke("l1", "m", now=2.0)
+    assert one(out, Granted).lease_id == "r2"
+    ok(s)
+
+
+def test_unload_stops_an_idle_model_at_once() -> None:
+    s = make()
+    lease(s, "l1", "a", 0.0)
+    s.release("l1", now=1.0)
+    out = s.unload("a", now=2.0, message="unloaded by an administrator: update")
+    stop = one(out, StopBackend)
+    assert (stop.model_id, stop.reason, stop.message) == (
+        "a",
+        StopReason.ADMIN,
+        "unloaded by an administrator: update",
+    )
+    assert mv(s, "a").state is ModelState.UNLOADING
+    ok(s)
+    assert one(s.unload_finished("a", now=3.0), ModelStateChanged).state is ModelState.UNLOADED
+    # Not loaded: a no-op answer.
+    assert s.unload("a", now=4.0, message="x") == []
+    assert s.unload("no-such", now=4.0, message="x") == []
+    ok(s)
+
+
+def test_unload_of_a_leased_model_is_refused_naming_the_holders() -> None:
+    s = make()
+    lease(s, "l1", "a", 0.0, client="w1")
+    lease(s, "l2", "a", 0.5)
+    out = s.unload("a", now=1.0, message="x")
+    refused = of(out, LeaseRefused)
+    assert [(r.lease_id, r.client, r.model_id) for r in refused] == [
+        ("l1", "w1", "a"),
+        ("l2", "", "a"),
+    ]
+    assert all(r.code is RejectCode.FAILED_PRECONDITION for r in refused)
+    assert all(r.reason is RejectReason.MODEL_LEASED for r in refused)
+    assert "w1" in refused[0].message and "l1" in refused[0].message
+    assert of(out, StopBackend) == [] and mv(s, "a").state is ModelState.LOADED
+    assert len(s.leases()) == 2
+    ok(s)
+
+
+def test_unload_of_a_loading_model_is_refused() -> None:
+    s = make()
+    s.request("r1", "a", now=0.0)
+    refused = one(s.unload("a", now=1.0, message="x"), LeaseRefused)
+    assert refused.reason is RejectReason.MODEL_LOADING and refused.lease_id == ""
+    assert "loading" in refused.message
+    assert mv(s, "a").state is ModelState.LOADING
+    assert one(s.load_succeeded("a", now=2.0), Granted).lease_id == "r1"
+    ok(s)
+
+
+def test_unload_clears_keep_warm_so_a_preload_does_not_come_back() -> None:
+    s = Scheduler(BUILTIN_PROFILES["generous_96gb"], REG, [snap(0, 98304)], preload=["a"])
+    s.start(0.0)
+    s.load_succeeded("a", now=1.0)
+    assert mv(s, "a").keep_warm
+    one(s.unload("a", now=2.0, message="m"), StopBackend)
+    s.unload_finished("a", now=3.0)
+    assert not mv(s, "a").keep_warm
+    assert of(s.tick(100000.0), StartBackend) == []
+    # A request still loads it again, as any model.
+    assert one(s.request("r1", "a", now=100001.0), StartBackend).model_id == "a"
+
+
+def test_pin_keeps_an_idle_model_loaded_and_unpin_starts_its_grace() -> None:
+    s = make()
+    lease(s, "l1", "a", 0.0)
+    assert s.pin("a", True, now=1.0) == []
+    s.release("l1", now=2.0)
+    assert mv(s, "a").keep_warm and s.next_wakeup() is None
+    assert of(s.tick(100000.0), StopBackend) == []
+    assert s.pin("a", False, now=100000.0) == []
+    grace = BUILTIN_PROFILES["constrained_16gb"].grace_period_seconds
+    assert s.next_wakeup() == 100000.0 + grace
+    assert one(s.tick(100000.0 + grace), StopBackend).reason is StopReason.GRACE_EXPIRED
+    ok(s)
+
+
+def test_pin_loads_an_unloaded_model_when_it_fits_without_evicting() -> None:
+    s = make("generous_96gb", (98304,))
+    out = s.pin("a", True, now=0.0)
+    assert one(out, StartBackend).model_id == "a"
+    s.load_succeeded("a", now=1.0)
+    assert mv(s, "a").keep_warm and s.next_wakeup() is None
+    ok(s)
+
+
+def test_pin_without_room_is_skipped_and_the_pinned_model_stays_evictable() -> None:
+    s = make()  # constrained_16gb: one model at a time
+    lease(s, "l1", "a", 0.0)
+    skipped = one(s.pin("b", True, now=1.0), PreloadSkipped)
+    assert skipped.model_id == "b" and "without evicting" in skipped.message
+    assert mv(s, "b").state is ModelState.UNLOADED
+    s.release("l1", now=2.0)
+    s.pin("a", True, now=2.0)
+    # Pressure: a request for b evicts the pinned, idle a.
+    assert one(s.request("r2", "b", now=3.0), StopBackend).model_id == "a"
+    ok(s)
+    assert one(s.pin("nope", True, now=4.0), PreloadSkipped).model_id == "nope"
+
+
+def test_a_pin_survives_restore_and_reconfigure() -> None:
+    s = make()
+    lease(s, "l1", "a", 0.0)
+    s.pin("a", True, now=0.5)
+    s.release("l1", now=1.0)
+    assert any(m.get("pinned") for m in s.snapshot()["models"])
+    r = restored(s, 2.0)
+    assert mv(r, "a").keep_warm and r.next_wakeup() is None
+    r.reconfigure(BUILTIN_PROFILES["constrained_16gb"], REG, now=3.0)
+    assert mv(r, "a").keep_warm and r.next_wakeup() is None
+    r.pin("a", False, now=4.0)
+    assert not mv(r, "a").keep_warm and r.next_wakeup() is not None
+    ok(r)
+
+
+def test_a_pinned_but_skipped_model_stays_pinned_across_a_restore() -> None:
+    s = make()
+    lease(s, "l1", "a", 0.0)
+    s.pin("b", True, now=1.0)  # skipped: no room; still pinned
+    s.release("l1", now=2.0)
+    s.unload("a", now=3.0, message="m")
+    s.unload_finished("a", now=4.0)
+    assert mv(s, "b").keep_warm
+    r = Scheduler.restore(
+        s.snapshot(), BUILTIN_PROFILES["generous_96gb"], REG, [snap(0, 98304)], now=100.0
+    )
+    assert mv(r, "b").keep_warm
+    ok(r)

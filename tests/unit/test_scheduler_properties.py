@@ -44,6 +44,7 @@ from gpuletd.scheduler import (
     Granted,
     Inherited,
     LeaseEnded,
+    LeaseEndReason,
     LeaseRefused,
     Loading,
     ModelState,
@@ -52,10 +53,12 @@ from gpuletd.scheduler import (
     Queued,
     RejectCode,
     Rejected,
+    RejectReason,
     Renewed,
     Scheduler,
     StartBackend,
     StopBackend,
+    StopReason,
     Tuning,
     check_invariants,
 )
@@ -343,6 +346,63 @@ class SchedulerMachine(RuleBasedStateMachine):
     def cancel(self, data: st.DataObject) -> None:
         ids = sorted(self.shell.pending) + sorted(self.shell.leases)
         self.apply(self.sched.cancel(data.draw(st.sampled_from(ids)), now=self.now))
+
+    # -- an administrator ------------------------------------------------------------------------
+
+    @rule(data=st.data(), stale=st.sampled_from([False, False, True]))
+    def revoke(self, data: st.DataObject, stale: bool) -> None:
+        """A live lease ends as revoked; a gone one is refused with NOT_FOUND."""
+        if stale or not self.shell.leases:
+            lid = "never-granted" if stale else "r1"
+            if lid in self.shell.leases:
+                return
+            out = self.sched.revoke(lid, "gone", now=self.now)
+            self.apply(out)
+            assert any(
+                isinstance(d, LeaseRefused) and d.lease_id == lid and d.code is RejectCode.NOT_FOUND
+                for d in out
+            )
+            return
+        lid = data.draw(st.sampled_from(sorted(self.shell.leases)))
+        out = self.sched.revoke(lid, "admin", now=self.now)
+        self.apply(out)
+        assert any(
+            isinstance(d, LeaseEnded)
+            and d.lease_id == lid
+            and (d.reason is LeaseEndReason.REVOKED or d.reason is LeaseEndReason.EXPIRED)
+            for d in out
+        )
+        assert lid not in self.shell.leases
+
+    @rule(model=st.sampled_from([*MODEL_IDS, "no-such-model"]))
+    def unload(self, model: str) -> None:
+        """Never stops a leased or loading model (`apply` checks every StopBackend); an idle
+        loaded one stops at once, and is no longer kept warm."""
+        out = self.sched.unload(model, now=self.now, message="admin")
+        self.apply(out)
+        view = self.sched.model(model)
+        refused = [d for d in out if isinstance(d, LeaseRefused) and d.model_id == model]
+        held = sorted(lid for lid, m in self.shell.leases.items() if m == model)
+        if view is None:
+            assert not refused
+            return
+        if view.state is ModelState.LOADED and held:
+            assert sorted(d.lease_id for d in refused) == held
+            assert all(d.reason is RejectReason.MODEL_LEASED for d in refused)
+        elif view.state is ModelState.UNLOADING and held:
+            raise AssertionError(f"{model} unloading while leased by {held}")
+        if any(isinstance(d, StopBackend) and d.reason is StopReason.ADMIN for d in out):
+            assert not view.keep_warm
+
+    @rule(model=st.sampled_from([*MODEL_IDS, "no-such-model"]), keep_warm=st.booleans())
+    def pin(self, model: str, keep_warm: bool) -> None:
+        out = self.sched.pin(model, keep_warm, now=self.now)
+        self.apply(out)
+        view = self.sched.model(model)
+        if model not in self.registry:
+            assert any(isinstance(d, PreloadSkipped) for d in out)
+        elif view is not None and not view.retired:
+            assert view.keep_warm is keep_warm
 
     # -- time ----------------------------------------------------------------------------------
 

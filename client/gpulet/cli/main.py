@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import gpulet
 from gpulet.address import default_address
-from gpulet.cli import admin, args, lease, models, profile, queue, run, status, watch
+from gpulet.cli import admin, args, lease, models, plan, profile, queue, run, status, watch
 from gpulet.cli.exits import HELP, Exit, exit_code
 from gpulet.cli.output import err
 from gpulet.client import Client
@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     add("list", lease.list_leases, "live leases (without tokens)", lsub)
     add("watch", watch.watch, "stream model and lease state changes (--json: one per line)")
     add("queue", queue.queue, "requests waiting for a lease: position, wait, what each waits for")
+    p = add(
+        "plan",
+        plan.plan,
+        "what-if: would a lease be granted now, where, evicting what, or what would it wait "
+        "for (changes nothing; exit 0 whatever the answer, 3 for an unknown model or role)",
+    )
+    plan.add_arguments(p)
     text = "profile, GPUs, models, leases and the queue on one screen (live on a terminal)"
     p = sub.add_parser("status", aliases=["top"], parents=[out], help=text, description=text)
     p.set_defaults(handler=status.status)

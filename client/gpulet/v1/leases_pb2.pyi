@@ -21,6 +21,35 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _PlanOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PlanOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PlanOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PLAN_OUTCOME_UNSPECIFIED: _PlanOutcome.ValueType  # 0
+    PLAN_OUTCOME_GRANTED: _PlanOutcome.ValueType  # 1
+    """Its model is loaded: the lease would be granted at once."""
+    PLAN_OUTCOME_LOAD: _PlanOutcome.ValueType  # 2
+    """Its model would be loaded now (after evicting the victims, if any)."""
+    PLAN_OUTCOME_WAIT: _PlanOutcome.ValueType  # 3
+    """It would wait: in the queue (position set) or on its model's load under way."""
+    PLAN_OUTCOME_REFUSED: _PlanOutcome.ValueType  # 4
+    """It would be refused: code, reason and message say why."""
+
+class PlanOutcome(_PlanOutcome, metaclass=_PlanOutcomeEnumTypeWrapper): ...
+
+PLAN_OUTCOME_UNSPECIFIED: PlanOutcome.ValueType  # 0
+PLAN_OUTCOME_GRANTED: PlanOutcome.ValueType  # 1
+"""Its model is loaded: the lease would be granted at once."""
+PLAN_OUTCOME_LOAD: PlanOutcome.ValueType  # 2
+"""Its model would be loaded now (after evicting the victims, if any)."""
+PLAN_OUTCOME_WAIT: PlanOutcome.ValueType  # 3
+"""It would wait: in the queue (position set) or on its model's load under way."""
+PLAN_OUTCOME_REFUSED: PlanOutcome.ValueType  # 4
+"""It would be refused: code, reason and message say why."""
+Global___PlanOutcome: _TypeAlias = PlanOutcome  # noqa: Y015
+
 class _LeaseEventKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -438,6 +467,127 @@ class ListQueueResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListQueueResponse: _TypeAlias = ListQueueResponse  # noqa: Y015
+
+@_typing.final
+class PlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    EXCLUSIVE_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    role: _builtins.str
+    """Resolved as Acquire resolves it (preferring a loaded model on ties)."""
+    priority: _builtins.int
+    exclusive: _builtins.bool
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        exclusive: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "role", b"role", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclusive", b"exclusive", "model_id", b"model_id", "priority", b"priority", "role", b"role", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["model_id", "role"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___PlanRequest: _TypeAlias = PlanRequest  # noqa: Y015
+
+@_typing.final
+class PlanVictim(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    GPU_UUIDS_FIELD_NUMBER: _builtins.int
+    RESERVED_MB_FIELD_NUMBER: _builtins.int
+    RELOAD_SECONDS_FIELD_NUMBER: _builtins.int
+    RELOAD_MEASURED_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """An idle model that would be evicted to make room."""
+    reserved_mb: _builtins.int
+    """MiB it holds now, given back by the eviction."""
+    reload_seconds: _builtins.float
+    """Expected seconds to load it again."""
+    reload_measured: _builtins.bool
+    """True: its measured load time; false: an estimate (2 s per GiB of its reservation)."""
+    @_builtins.property
+    def gpu_uuids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
+        reserved_mb: _builtins.int = ...,
+        reload_seconds: _builtins.float = ...,
+        reload_measured: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu_uuids", b"gpu_uuids", "model_id", b"model_id", "reload_measured", b"reload_measured", "reload_seconds", b"reload_seconds", "reserved_mb", b"reserved_mb"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanVictim: _TypeAlias = PlanVictim  # noqa: Y015
+
+@_typing.final
+class PlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    GPU_UUIDS_FIELD_NUMBER: _builtins.int
+    VICTIMS_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    outcome: Global___PlanOutcome.ValueType
+    model_id: _builtins.str
+    """The model it asked for (the one the role resolves to)."""
+    position: _builtins.int
+    """Its queue position when it would wait for a turn (1 is next)."""
+    waiting_for: _builtins.str
+    """What it would wait for, as in ListQueue."""
+    message: _builtins.str
+    """A sentence for people; for a refusal, the refusal's message."""
+    code: _builtins.str
+    """For a refusal: the gRPC status code name and the ErrorInfo reason the Acquire would get."""
+    reason: _builtins.str
+    @_builtins.property
+    def gpu_uuids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where it would be granted or loaded."""
+
+    @_builtins.property
+    def victims(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanVictim]: ...
+    def __init__(
+        self,
+        *,
+        outcome: Global___PlanOutcome.ValueType = ...,
+        model_id: _builtins.str = ...,
+        gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
+        victims: _abc.Iterable[Global___PlanVictim] | None = ...,
+        position: _builtins.int | None = ...,
+        waiting_for: _builtins.str = ...,
+        message: _builtins.str = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_position", b"_position", "position", b"position"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_position", b"_position", "code", b"code", "gpu_uuids", b"gpu_uuids", "message", b"message", "model_id", b"model_id", "outcome", b"outcome", "position", b"position", "reason", b"reason", "victims", b"victims", "waiting_for", b"waiting_for"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__position: _TypeAlias = _typing.Literal["position"]  # noqa: Y015
+    _WhichOneofArgType__position: _TypeAlias = _typing.Literal["_position", b"_position"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__position) -> _WhichOneofReturnType__position | None: ...
+
+Global___PlanResponse: _TypeAlias = PlanResponse  # noqa: Y015
 
 @_typing.final
 class WatchRequest(_message.Message):

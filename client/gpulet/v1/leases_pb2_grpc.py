@@ -60,6 +60,11 @@ class LeaseServiceStub:
                 request_serializer=gpulet_dot_v1_dot_leases__pb2.ListQueueRequest.SerializeToString,
                 response_deserializer=gpulet_dot_v1_dot_leases__pb2.ListQueueResponse.FromString,
                 _registered_method=True)
+        self.Plan = channel.unary_unary(
+                '/gpulet.v1.LeaseService/Plan',
+                request_serializer=gpulet_dot_v1_dot_leases__pb2.PlanRequest.SerializeToString,
+                response_deserializer=gpulet_dot_v1_dot_leases__pb2.PlanResponse.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/gpulet.v1.LeaseService/Watch',
                 request_serializer=gpulet_dot_v1_dot_leases__pb2.WatchRequest.SerializeToString,
@@ -110,6 +115,17 @@ class LeaseServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Plan(self, request, context):
+        """What-if: what an Acquire of this model (or role) would meet now — granted at once, a load
+        (and which idle models it would evict, at what reload cost), a wait (at which position,
+        for what) or a refusal — answered by running it against a copy of the scheduler, so that
+        nothing changes. NOT_FOUND for an unknown model, INVALID_ARGUMENT for an unknown role; a
+        refusal the Acquire would meet (model too large, queue full) is an answer, not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Watch(self, request, context):
         """Every state change of models and leases, from now on.
         """
@@ -144,6 +160,11 @@ def add_LeaseServiceServicer_to_server(servicer, server):
                     servicer.ListQueue,
                     request_deserializer=gpulet_dot_v1_dot_leases__pb2.ListQueueRequest.FromString,
                     response_serializer=gpulet_dot_v1_dot_leases__pb2.ListQueueResponse.SerializeToString,
+            ),
+            'Plan': grpc.unary_unary_rpc_method_handler(
+                    servicer.Plan,
+                    request_deserializer=gpulet_dot_v1_dot_leases__pb2.PlanRequest.FromString,
+                    response_serializer=gpulet_dot_v1_dot_leases__pb2.PlanResponse.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
@@ -287,6 +308,33 @@ class LeaseService:
             '/gpulet.v1.LeaseService/ListQueue',
             gpulet_dot_v1_dot_leases__pb2.ListQueueRequest.SerializeToString,
             gpulet_dot_v1_dot_leases__pb2.ListQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Plan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpulet.v1.LeaseService/Plan',
+            gpulet_dot_v1_dot_leases__pb2.PlanRequest.SerializeToString,
+            gpulet_dot_v1_dot_leases__pb2.PlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,13 @@ class LeaseServiceStub:
     """Every request waiting in the queue (or on a load under way), in turn order, each with
     what it waits for. Never shows tokens or request ids.
     """
+    Plan: _grpc.UnaryUnaryMultiCallable[_leases_pb2.PlanRequest, _leases_pb2.PlanResponse]
+    """What-if: what an Acquire of this model (or role) would meet now — granted at once, a load
+    (and which idle models it would evict, at what reload cost), a wait (at which position,
+    for what) or a refusal — answered by running it against a copy of the scheduler, so that
+    nothing changes. NOT_FOUND for an unknown model, INVALID_ARGUMENT for an unknown role; a
+    refusal the Acquire would meet (model too large, queue full) is an answer, not an error.
+    """
     Watch: _grpc.UnaryStreamMultiCallable[_leases_pb2.WatchRequest, _leases_pb2.WatchResponse]
     """Every state change of models and leases, from now on."""
 
@@ -72,6 +79,13 @@ class LeaseServiceAsyncStub(LeaseServiceStub):
     ListQueue: _aio.UnaryUnaryMultiCallable[_leases_pb2.ListQueueRequest, _leases_pb2.ListQueueResponse]  # type: ignore[assignment]
     """Every request waiting in the queue (or on a load under way), in turn order, each with
     what it waits for. Never shows tokens or request ids.
+    """
+    Plan: _aio.UnaryUnaryMultiCallable[_leases_pb2.PlanRequest, _leases_pb2.PlanResponse]  # type: ignore[assignment]
+    """What-if: what an Acquire of this model (or role) would meet now — granted at once, a load
+    (and which idle models it would evict, at what reload cost), a wait (at which position,
+    for what) or a refusal — answered by running it against a copy of the scheduler, so that
+    nothing changes. NOT_FOUND for an unknown model, INVALID_ARGUMENT for an unknown role; a
+    refusal the Acquire would meet (model too large, queue full) is an answer, not an error.
     """
     Watch: _aio.UnaryStreamMultiCallable[_leases_pb2.WatchRequest, _leases_pb2.WatchResponse]  # type: ignore[assignment]
     """Every state change of models and leases, from now on."""
@@ -123,6 +137,19 @@ class LeaseServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_leases_pb2.ListQueueResponse, _abc.Awaitable[_leases_pb2.ListQueueResponse]]:
         """Every request waiting in the queue (or on a load under way), in turn order, each with
         what it waits for. Never shows tokens or request ids.
+        """
+
+    @_abc_1.abstractmethod
+    def Plan(
+        self,
+        request: _leases_pb2.PlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_leases_pb2.PlanResponse, _abc.Awaitable[_leases_pb2.PlanResponse]]:
+        """What-if: what an Acquire of this model (or role) would meet now — granted at once, a load
+        (and which idle models it would evict, at what reload cost), a wait (at which position,
+        for what) or a refusal — answered by running it against a copy of the scheduler, so that
+        nothing changes. NOT_FOUND for an unknown model, INVALID_ARGUMENT for an unknown role; a
+        refusal the Acquire would meet (model too large, queue full) is an answer, not an error.
         """
 
     @_abc_1.abstractmethod

@@ -16,7 +16,9 @@ Contract with the shell:
   StopBackend may also come for a model still loading: its load timed out, or it was retired);
 - feed probe readings regularly (~1 Hz) with `read_at` on the same clock as `now`;
 - call `tick` at `next_wakeup()` (or sooner); late or duplicate events are harmless;
-- send configuration changes as `reconfigure` events, never by building a new core.
+- send configuration changes as `reconfigure` events, never by building a new core;
+- send an administrator's actions as `revoke` (end a lease), `unload` (stop an idle model at
+  once) and `pin` (keep a model warm, or stop doing so) events.
 
 Across a restart: save `snapshot()` (JSON-serialisable) as often as it likes, and on start
 build the core with `Scheduler.restore(...)`, with `shift` = (new monotonic clock) - (old
@@ -198,6 +200,31 @@ class Scheduler:
     def release(self, lease_id: str, *, now: float) -> list[Decision]:
         """End a lease (LeaseEnded reason released), or LeaseRefused NOT_FOUND if gone."""
         return h.on_release(self._st, lease_id, now=now)
+
+    def revoke(self, lease_id: str, message: str, *, now: float) -> list[Decision]:
+        """End a live lease now (an administrator): LeaseEnded reason revoked with `message`;
+        a later renew/release of it is refused saying "revoked: <message>". Unknown or ended:
+        LeaseRefused NOT_FOUND, as for renew."""
+        return h.on_revoke(self._st, lease_id, message, now=now)
+
+    def unload(self, model_id: str, *, now: float, message: str) -> list[Decision]:
+        """Stop an idle loaded model now (an administrator): StopBackend reason admin with
+        `message`, answered by unload_finished as any other. It is no longer kept warm (pinned
+        or preloaded), so it does not come back by itself; a request still loads it again.
+        Refused, changing nothing, while it has leases (LeaseRefused FAILED_PRECONDITION,
+        reason MODEL_LEASED, one per lease, naming the holder) or is loading (reason
+        MODEL_LOADING, lease_id ""). Not loaded (or unknown, or already unloading): nothing
+        beyond forgetting its keep-warm."""
+        return h.on_unload(self._st, model_id, now=now, message=message)
+
+    def pin(self, model_id: str, keep_warm: bool, *, now: float) -> list[Decision]:
+        """Set or clear keep-warm at run time (an administrator). A pinned model is never
+        unloaded for idleness but stays evictable under pressure, as a preloaded one; pinned
+        while unloaded (or failed), it is loaded like a preload: when it fits without evicting,
+        else PreloadSkipped. Survives snapshot/restore and reconfigure. Cleared (also for a
+        preloaded model, until the next reconfigure or restore), an idle loaded model's grace
+        period starts now. Unknown model: PreloadSkipped."""
+        return h.on_pin(self._st, model_id, keep_warm, now=now)
 
     def load_succeeded(
         self,

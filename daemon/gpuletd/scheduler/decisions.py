@@ -67,6 +67,10 @@ class RejectReason(enum.Enum):
     BACKEND_FAILED = "BACKEND_FAILED"
     DEADLINE = "DEADLINE"
     CANCELLED = "CANCELLED"
+    # An `unload` refused: the model is leased (one LeaseRefused per holder, naming it) ...
+    MODEL_LEASED = "MODEL_LEASED"
+    # ... or still loading (lease_id ""): unload it once loaded.
+    MODEL_LOADING = "MODEL_LOADING"
 
 
 class LeaseEndReason(enum.Enum):
@@ -76,6 +80,8 @@ class LeaseEndReason(enum.Enum):
     # The request was cancelled by its client at the moment it was granted (a race the shell
     # cannot avoid): the grant is taken back at once.
     CANCELLED = "cancelled"
+    # Ended by the `revoke` event (an administrator); its message says why.
+    REVOKED = "revoked"
 
 
 class StopReason(enum.Enum):
@@ -89,6 +95,8 @@ class StopReason(enum.Enum):
     RETIRED = "retired"
     # Idle, stopped because a reconfigure left more loaded than the new profile allows.
     RECONFIGURED = "reconfigured"
+    # Idle, stopped at once by the `unload` event (an administrator); its message says why.
+    ADMIN = "admin"
 
 
 @dataclass(frozen=True)
@@ -170,14 +178,19 @@ class Rejected:
 
 @dataclass(frozen=True)
 class LeaseRefused:
-    """A renew or release that cannot be done (NOT_FOUND: no such lease, or it has ended;
-    INVALID_ARGUMENT: bad ttl). Kept apart from Rejected so that it can never be mistaken for
-    the fate of a pending request."""
+    """A renew, release or revoke that cannot be done (NOT_FOUND: no such lease, or it has
+    ended; INVALID_ARGUMENT: bad ttl), or an `unload` refused (FAILED_PRECONDITION: reason
+    MODEL_LEASED, once per live lease of the model, `lease_id` and `client` naming the holder;
+    reason MODEL_LOADING with `lease_id` ""). Kept apart from Rejected so that it can never be
+    mistaken for the fate of a pending request."""
 
     lease_id: str
     code: RejectCode
     reason: RejectReason
     message: str
+    # For an `unload` refusal: the model, and the holder's client name (MODEL_LEASED).
+    model_id: str = ""
+    client: str = ""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from gpuletd.probe.types import GpuSnapshot, GpuState
 from gpuletd.profiles import Strategy
-from gpuletd.scheduler.accounting import ceiling, held_on, in_flux
+from gpuletd.scheduler.accounting import ceiling, changed, held_on, in_flux
 from gpuletd.scheduler.admission import settle
 from gpuletd.scheduler.decisions import (
     Decision,
@@ -47,12 +47,15 @@ __all__ = [
     "on_cancel",
     "on_load_failed",
     "on_load_succeeded",
+    "on_pin",
     "on_probe",
     "on_release",
     "on_renew",
     "on_request",
+    "on_revoke",
     "on_start",
     "on_tick",
+    "on_unload",
     "on_unload_finished",
     "want_preloads",
 ]
@@ -223,6 +226,89 @@ def on_release(st: State, lease_id: str, *, now: float) -> list[Decision]:
         out.append(unknown_lease(st, lease_id))
     else:
         end_lease(st, lease, LeaseEndReason.RELEASED, "released by its holder", out)
+    settle(st, out)
+    return out
+
+
+def on_revoke(st: State, lease_id: str, message: str, *, now: float) -> list[Decision]:
+    advance_clock(st, now)
+    out = advance(st)
+    lease = st.leases.get(lease_id)
+    if lease is None:
+        out.append(unknown_lease(st, lease_id))
+    else:
+        end_lease(st, lease, LeaseEndReason.REVOKED, message, out)
+    settle(st, out)
+    return out
+
+
+def _forget_warmth(st: State, model_id: str) -> None:
+    changed(st)
+    for rec in (st.models.get(model_id), st.retired.get(model_id)):
+        if rec is not None:
+            rec.keep_warm = False
+            rec.pinned = False
+    if model_id in st.preload_wanted:
+        st.preload_wanted.remove(model_id)
+
+
+def on_unload(st: State, model_id: str, *, now: float, message: str) -> list[Decision]:
+    advance_clock(st, now)
+    out = advance(st)
+    rec = instance(st, model_id)
+    if rec is not None and rec.state is ModelState.LOADED and rec.leases:
+        for le in rec.leases.values():
+            holder = le.client or "unnamed client"
+            out.append(
+                LeaseRefused(
+                    le.lease_id,
+                    RejectCode.FAILED_PRECONDITION,
+                    RejectReason.MODEL_LEASED,
+                    f"model {model_id} is leased by {le.lease_id} ({holder})",
+                    model_id=model_id,
+                    client=le.client,
+                )
+            )
+    elif rec is not None and rec.state is ModelState.LOADING:
+        out.append(
+            LeaseRefused(
+                "",
+                RejectCode.FAILED_PRECONDITION,
+                RejectReason.MODEL_LOADING,
+                f"model {model_id} is loading (stopping it would fail "
+                f"{len(rec.waiters)} request(s) waiting on it); unload it once it is loaded",
+                model_id=model_id,
+            )
+        )
+    elif rec is not None:
+        # Not to come back by itself: neither kept warm nor preloaded.
+        _forget_warmth(st, model_id)
+        if rec.state is ModelState.LOADED:
+            stop(st, rec, StopReason.ADMIN, message, out)
+    settle(st, out)
+    return out
+
+
+def on_pin(st: State, model_id: str, keep_warm: bool, *, now: float) -> list[Decision]:
+    now = advance_clock(st, now)
+    out = advance(st)
+    rec = st.models.get(model_id)
+    if rec is None:
+        out.append(PreloadSkipped(model_id, f"pin names unknown model {model_id}"))
+    elif keep_warm:
+        changed(st)
+        rec.keep_warm = rec.pinned = True
+        old = st.retired.get(model_id)
+        # Loaded like a preload: only when it fits without evicting (the pass decides).
+        resting = rec.state in (ModelState.UNLOADED, ModelState.FAILED)
+        if old is None and resting and model_id not in st.preload_wanted:
+            st.preload_wanted.append(model_id)
+    else:
+        was_warm = rec.keep_warm
+        _forget_warmth(st, model_id)
+        # Its grace period starts now, not when it last became idle.
+        if was_warm and rec.state is ModelState.LOADED and not rec.leases:
+            rec.idle_since = now
     settle(st, out)
     return out
 

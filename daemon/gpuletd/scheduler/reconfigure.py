@@ -147,8 +147,11 @@ def _apply_registry(st: State, models: Mapping[str, Model], out: list[Decision])
 
 
 def _replace_preloads(st: State, preload: Sequence[str], out: list[Decision]) -> None:
+    # An administrator's pin outlives a new preload list.
     for rec in st.models.values():
-        rec.keep_warm = False
-    st.preload_wanted = []
+        rec.keep_warm = rec.pinned
+    st.preload_wanted = [
+        mid for mid, rec in st.models.items() if rec.pinned and mid in st.preload_wanted
+    ]
     st.preload_requested = ()
     want_preloads(st, preload, out)

@@ -46,6 +46,9 @@ class ModelRecord:
     streak_at_success: int = 0
     # A preloaded model (concurrent_full): never unloaded for idleness, evictable under pressure.
     keep_warm: bool = False
+    # Kept warm by the `pin` event (an administrator) rather than the preload list: survives a
+    # restore and a reconfigure; cleared by `pin(False)` and `unload`.
+    pinned: bool = False
     # Where its backend answers, as the shell reported at load_succeeded; kept while it holds
     # memory so that every grant can carry it.
     endpoint: str = ""

@@ -82,6 +82,7 @@ def _record(r: ModelRecord) -> Json:
         "healthy_since": time_to_json(r.healthy_since),
         "streak_at_success": r.streak_at_success,
         "keep_warm": r.keep_warm,
+        "pinned": r.pinned,
         "endpoint": r.endpoint,
         "usage": {
             "last_at": time_to_json(last_at),
@@ -165,6 +166,8 @@ def _read_record(d: object, path: str, tuning: Tuning, shift: float) -> ModelRec
     rec.healthy_since = get_time(d, "healthy_since", path) + shift
     rec.streak_at_success = get_int(d, "streak_at_success", path)
     rec.keep_warm = get_bool(d, "keep_warm", path)
+    # Absent from snapshots written before the `pin` event.
+    rec.pinned = get_bool(d, "pinned", path) if "pinned" in d else False
     rec.endpoint = get_str(d, "endpoint", path)
     usage = get_dict(d, "usage", path)
     last_at = get_opt_time(usage, "last_at", f"{path}.usage")
@@ -338,8 +341,11 @@ def restore_state(
     # The configuration decides what is kept warm and preloaded; the snapshot can only confirm
     # it (`start` then adds what the configuration lists and the snapshot did not have).
     preloads = profile.strategy is Strategy.CONCURRENT_FULL
+    # An administrator's pin (the `pin` event) is the snapshot's own, and is kept.
     for mid, rec in st.models.items():
-        rec.keep_warm = rec.keep_warm and preloads and mid in preload
-    st.preload_wanted = [m for m in wanted if preloads and m in st.models and m in preload]
+        rec.keep_warm = rec.pinned or (rec.keep_warm and preloads and mid in preload)
+    st.preload_wanted = [
+        m for m in wanted if m in st.models and (st.models[m].pinned or (preloads and m in preload))
+    ]
     inherit(st)
     return st

@@ -13,12 +13,13 @@ from gpulet.v1 import leases_pb2 as pb
 from gpulet.v1 import leases_pb2_grpc
 from gpuletd.bounds import Refused
 from gpuletd.leases import LeaseInfo, LeaseManager, QueueInfo
+from gpuletd.plan import Outcome, PlanResult
 from gpuletd.scheduler import Loading, ModelStateChanged, Queued
 from gpuletd.services.convert import model_state_pb
 from gpuletd.services.errors import fail
 from gpuletd.watch import LeaseEvent, WatchSink
 
-__all__ = ["LeaseService", "lease_pb", "queued_pb"]
+__all__ = ["LeaseService", "lease_pb", "plan_pb", "queued_pb"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -68,6 +69,39 @@ def queued_pb(q: QueueInfo) -> pb.QueuedRequest:
         m.position = q.position
     if q.deadline is not None:
         m.deadline.CopyFrom(_ts(q.deadline))
+    return m
+
+
+_OUTCOME = {
+    Outcome.GRANTED: pb.PLAN_OUTCOME_GRANTED,
+    Outcome.LOAD: pb.PLAN_OUTCOME_LOAD,
+    Outcome.WAIT: pb.PLAN_OUTCOME_WAIT,
+    Outcome.REFUSED: pb.PLAN_OUTCOME_REFUSED,
+}
+
+
+def plan_pb(p: PlanResult) -> pb.PlanResponse:
+    m = pb.PlanResponse(
+        outcome=_OUTCOME[p.outcome],
+        model_id=p.model_id,
+        gpu_uuids=list(p.gpu_uuids),
+        victims=[
+            pb.PlanVictim(
+                model_id=v.model_id,
+                gpu_uuids=list(v.gpu_uuids),
+                reserved_mb=v.reserved_mb,
+                reload_seconds=v.reload_s,
+                reload_measured=v.reload_measured,
+            )
+            for v in p.victims
+        ],
+        waiting_for=p.waiting_for,
+        message=p.message,
+        code=p.code,
+        reason=p.reason,
+    )
+    if p.position is not None:
+        m.position = p.position
     return m
 
 
@@ -145,6 +179,18 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
         self, request: pb.ListQueueRequest, context: Context
     ) -> pb.ListQueueResponse:
         return pb.ListQueueResponse(requests=[queued_pb(q) for q in self._leases.queue()])
+
+    async def Plan(self, request: pb.PlanRequest, context: Context) -> pb.PlanResponse:
+        try:
+            result = self._leases.plan(
+                model_id=request.model_id,
+                role=request.role,
+                priority=request.priority,
+                exclusive=request.exclusive,
+            )
+        except Refused as e:
+            await fail(context, e)
+        return plan_pb(result)
 
     async def Watch(
         self, request: pb.WatchRequest, context: Context
