@@ -29,8 +29,10 @@ __all__ = [
     "Drained",
     "EndedLease",
     "ModelLeased",
+    "Pinned",
     "ProfileSwitched",
     "Unloaded",
+    "Unpinned",
     "default_admin_address",
 ]
 
@@ -74,6 +76,26 @@ class Unloaded:
     # The model's state after the call: "unloaded", "loaded", "unloading", ...
     state: str
     # When it unloads for idleness, if it stays loaded for now (gpuletd has no immediate unload).
+    unloads_at: datetime | None
+    message: str
+
+
+@dataclass(frozen=True)
+class Pinned:
+    model_id: str
+    # The model's state after the call: "loading", "loaded", "unloaded", ...
+    state: str
+    # "pinned and loading", "pinned, already loaded", "pinned but not loaded now: <why>", ...
+    message: str
+
+
+@dataclass(frozen=True)
+class Unpinned:
+    model_id: str
+    # False when it was not kept warm (neither pinned nor preloaded).
+    was_pinned: bool
+    state: str
+    # When it unloads for idleness if it stays unleased; None when not loaded, or leased.
     unloads_at: datetime | None
     message: str
 
@@ -156,6 +178,24 @@ class AdminClient:
             else None
         )
         return Unloaded(r.model_id, tuple(r.ended_lease_ids), r.state, at, r.message)
+
+    def pin(self, model_id: str, reason: str = "") -> Pinned:
+        """Keep a model warm: never unloaded for idleness, still evicted when a request needs
+        its room. An unloaded model is loaded if it fits without evicting anything."""
+        r = self._call(
+            self._stub.PinModel, admin_pb2.PinModelRequest(model_id=model_id, reason=reason)
+        )
+        return Pinned(r.model_id, r.state, r.message)
+
+    def unpin(self, model_id: str) -> Unpinned:
+        """Stop keeping a model warm: an idle one unloads at the end of its grace period."""
+        r = self._call(self._stub.UnpinModel, admin_pb2.UnpinModelRequest(model_id=model_id))
+        at = (
+            datetime.fromtimestamp(r.unloads_at.ToNanoseconds() / 1e9, UTC)
+            if r.HasField("unloads_at")
+            else None
+        )
+        return Unpinned(r.model_id, r.was_pinned, r.state, at, r.message)
 
     def switch_profile(self, profile: str, reason: str = "") -> ProfileSwitched:
         r = self._call(

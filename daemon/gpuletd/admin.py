@@ -10,6 +10,10 @@ What the core offers, and so what these operations do:
 - unloading: the `unload` event stops an idle loaded model at once (StopBackend reason
   `admin`) and stops keeping it warm; with `force` each lease is revoked first. The core
   refuses a leased or loading model, and that refusal is the answer;
+- pinning: the `pin` event keeps a model warm (never unloaded for idleness, still evictable
+  under pressure) and loads an unloaded one as a preload would, only when it fits without
+  evicting; otherwise the core's PreloadSkipped is the answer. Unpinning starts an idle
+  model's grace period;
 - switching the profile: the `reconfigure` event, as a reload (SIGHUP) sends;
 - draining: a flag of the lease API, not of the core (the core queues what it is given).
 """
@@ -28,9 +32,25 @@ from gpuletd.config_errors import ConfigError
 from gpuletd.executor import Executor
 from gpuletd.leases import LEASE_ID, LeaseManager
 from gpuletd.runtime import Runtime
-from gpuletd.scheduler import Decision, LeaseEnded, LeaseRefused, ModelState, RejectReason
+from gpuletd.scheduler import (
+    Decision,
+    LeaseEnded,
+    LeaseRefused,
+    ModelState,
+    PreloadSkipped,
+    RejectReason,
+)
 
-__all__ = ["Admin", "AdminFailed", "Drained", "EndedLease", "ProfileSwitched", "Unloaded"]
+__all__ = [
+    "Admin",
+    "AdminFailed",
+    "Drained",
+    "EndedLease",
+    "Pinned",
+    "ProfileSwitched",
+    "Unloaded",
+    "Unpinned",
+]
 
 log = structlog.get_logger("gpuletd")
 
@@ -56,6 +76,25 @@ class Unloaded:
     state: ModelState
     # Wall-clock time at which it unloads: always None now that an unload stops the model at
     # once (kept for the wire's `unloads_at`).
+    unloads_at: float | None
+    message: str
+
+
+@dataclass(frozen=True)
+class Pinned:
+    model_id: str
+    state: ModelState
+    message: str
+
+
+@dataclass(frozen=True)
+class Unpinned:
+    model_id: str
+    # False when it was not kept warm (neither pinned nor preloaded).
+    was_pinned: bool
+    state: ModelState
+    # Wall-clock time at which it unloads for idleness if it stays unleased; None when it is
+    # not loaded, or leased (its grace period then starts when its last lease ends).
     unloads_at: float | None
     message: str
 
@@ -207,6 +246,75 @@ class Admin:
             # Only reachable if the stop was answered and a request loaded it again at once.
             message = f"{model_id} is {state.value} again"
         return Unloaded(model_id, ended, state, None, message)
+
+    def _known(self, model_id: str) -> None:
+        check_name("model_id", model_id)
+        if self._ex.core.model(model_id) is None and model_id not in self._rt.registry.models:
+            raise AdminFailed(
+                "NOT_FOUND",
+                "UNKNOWN_MODEL",
+                f"model_id: unknown model {quote(model_id)}; known models: "
+                f"{listing(self._rt.registry.models)}",
+                "model_id",
+            )
+
+    def _state(self, model_id: str) -> ModelState:
+        view = self._ex.core.model(model_id)
+        return view.state if view is not None else ModelState.UNLOADED
+
+    def pin(self, model_id: str, reason: str = "") -> Pinned:
+        self._known(model_id)
+        reason = _check_reason(reason, required=False)
+        before = self._state(model_id)
+        out = self._ex.feed(lambda c, now: c.pin(model_id, True, now=now))
+        skipped = [d for d in out if isinstance(d, PreloadSkipped) and d.model_id == model_id]
+        if skipped and self._ex.core.model(model_id) is None:
+            # Known to the registry but not to the core (a reload in between): as unknown.
+            raise AdminFailed(
+                "NOT_FOUND", "UNKNOWN_MODEL", f"model_id: {skipped[0].message}", "model_id"
+            )
+        state = self._state(model_id)
+        if skipped:
+            message = f"pinned but not loaded now: {skipped[0].message}"
+        elif state is ModelState.LOADING:
+            message = "pinned and loading"
+        elif state is ModelState.LOADED:
+            message = (
+                "pinned, already loaded" if before is ModelState.LOADED else "pinned and loaded"
+            )
+        elif state is ModelState.UNLOADING:
+            message = "pinned, but it is unloading now; a request loads it again"
+        else:
+            message = (
+                "pinned but not loaded now: it loads when it fits without evicting and "
+                "without delaying a waiting request"
+            )
+        log.info(
+            "admin.pinned", model_id=model_id, state=state.value, message=message, reason=reason
+        )
+        return Pinned(model_id, state, message)
+
+    def unpin(self, model_id: str) -> Unpinned:
+        self._known(model_id)
+        view = self._ex.core.model(model_id)
+        was = view is not None and view.keep_warm
+        self._ex.feed(lambda c, now: c.pin(model_id, False, now=now))
+        view = self._ex.core.model(model_id)
+        state = view.state if view is not None else ModelState.UNLOADED
+        at: float | None = None
+        if view is not None and view.grace_until is not None:
+            at = self._ex.clock.to_wall(view.grace_until)
+        head = "unpinned" if was else "not pinned"
+        if at is not None:
+            message = f"{head}: unloads after its grace period if idle"
+        elif state is ModelState.LOADED and view is not None and view.lease_count:
+            message = f"{head}: leased; unloads after its grace period once idle"
+        elif state in (ModelState.LOADED, ModelState.LOADING):
+            message = f"{head}: unloads after its grace period if idle"
+        else:
+            message = f"{head}: {model_id} is {state.value}"
+        log.info("admin.unpinned", model_id=model_id, was_pinned=was, state=state.value)
+        return Unpinned(model_id, was, state, at, message)
 
     # -- the profile ---------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,7 +72,12 @@ def test_the_user_socket_does_not_serve_admin_service(served: Daemon) -> None:
     assert ADMIN_SERVICE not in listed
     # Not merely unlisted: a call there is UNIMPLEMENTED, and changes nothing.
     with AdminClient(address=served.address) as wrong:
-        for call in (wrong.drain, wrong.undrain, lambda: wrong.unload("r", force=True)):
+        for call in (
+            wrong.drain,
+            wrong.undrain,
+            lambda: wrong.unload("r", force=True),
+            lambda: wrong.pin("r"),
+        ):
             with pytest.raises(GpuletError) as e:
                 call()
             assert e.value.code is grpc.StatusCode.UNIMPLEMENTED
@@ -116,6 +122,76 @@ def test_unload_of_a_leased_model_is_refused_unless_forced(
 def test_unknown_model_is_not_found(admin: AdminClient) -> None:
     with pytest.raises(gpulet.NotFound):
         admin.unload("no-such-model")
+
+
+def test_pin_of_an_unknown_model_is_not_found(admin: AdminClient) -> None:
+    with pytest.raises(gpulet.NotFound) as e:
+        admin.pin("no-such-model")
+    assert "known models: r" in e.value.message
+    with pytest.raises(gpulet.NotFound):
+        admin.unpin("no-such-model")
+
+
+def _brief(mid: str, vram: int) -> str:
+    # A short grace period of its own, so that "stays past its grace period" is quick to see.
+    return reservation_model(mid, vram) + "grace_period_seconds = 1\n"
+
+
+@pytest.fixture(scope="module")
+def pinning(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, AdminClient]]:
+    # balanced_24gb: two models, 22,000 MiB. p and q fit together; big fits only alone.
+    config = _brief("p", 8000) + _brief("q", 8000) + _brief("big", 20000)
+    d = start_daemon(
+        tmp_path_factory.mktemp("pin"), config, "--profile", "balanced_24gb", gpus="24576"
+    )
+    try:
+        with AdminClient(address=str(admin_path(d))) as a:
+            yield d, a
+    finally:
+        d.stop()
+
+
+def test_pin_loads_an_idle_model_and_keeps_it_past_its_grace_period(
+    pinning: tuple[Daemon, AdminClient],
+) -> None:
+    d, admin = pinning
+    assert _state(d, "p") == "unloaded"
+    p = admin.pin("p", reason="hot path")
+    assert p.state in ("loading", "loaded")
+    assert p.message in ("pinned and loading", "pinned and loaded")
+    assert wait_until(lambda: _state(d, "p") == "loaded")
+    with gpulet.Client(address=d.address) as c:
+        assert not c.list_leases()
+    time.sleep(2.5)  # well past its 1 s grace period
+    assert _state(d, "p") == "loaded"
+    again = admin.pin("p")
+    assert (again.state, again.message) == ("loaded", "pinned, already loaded")
+
+    u = admin.unpin("p")
+    assert u.was_pinned and u.state == "loaded"
+    assert u.unloads_at is not None
+    assert u.message == "unpinned: unloads after its grace period if idle"
+    assert wait_until(lambda: _state(d, "p") == "unloaded", timeout=10)
+    assert admin.unpin("p").was_pinned is False
+
+
+def test_a_pinned_model_is_still_evicted_for_a_request(
+    pinning: tuple[Daemon, AdminClient],
+) -> None:
+    d, admin = pinning
+    admin.pin("p")
+    assert wait_until(lambda: _state(d, "p") == "loaded")
+    with gpulet.Client(address=d.address) as c:
+        lease = c.acquire("big", ttl=60, timeout=30)  # needs p's room
+        assert _state(d, "p") in ("unloading", "unloaded")
+        # While big is held, a pin does not evict it: it is pinned but not loaded now.
+        q = admin.pin("q")
+        assert q.state == "unloaded"
+        assert q.message.startswith("pinned but not loaded now: ")
+        assert "without evicting" in q.message
+        c.release(lease)
+    admin.unpin("p")
+    admin.unpin("q")
 
 
 def test_end_lease_by_id(served: Daemon, admin: AdminClient) -> None:
@@ -183,6 +259,10 @@ def test_the_cli_commands(served: Daemon, capsys: pytest.CaptureFixture[str]) ->
     assert run("drain") == 0
     assert "draining" in capsys.readouterr().out
     assert run("undrain") == 0
+    assert run("pin", "r", "--reason", "demo", "--json") == 0
+    assert '"pinned": true' in capsys.readouterr().out
+    assert run("unpin", "r") == 0
+    assert capsys.readouterr().out.startswith("r: unpinned")
     with gpulet.Client(address=served.address) as c:
         lease = c.acquire("r", ttl=60, client_name="cli-holder")
         with pytest.raises(ModelLeased):

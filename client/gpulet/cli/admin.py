@@ -47,6 +47,33 @@ def unload(admin: AdminClient, ns: argparse.Namespace) -> int:
     return 0
 
 
+def pin(admin: AdminClient, ns: argparse.Namespace) -> int:
+    p = admin.pin(ns.model, ns.reason or "")
+    if ns.json:
+        print_json({"model_id": p.model_id, "pinned": True, "state": p.state, "message": p.message})
+    else:
+        say(f"{p.model_id}: {p.message}")
+    return 0
+
+
+def unpin(admin: AdminClient, ns: argparse.Namespace) -> int:
+    u = admin.unpin(ns.model)
+    if ns.json:
+        print_json(
+            {
+                "model_id": u.model_id,
+                "pinned": False,
+                "was_pinned": u.was_pinned,
+                "state": u.state,
+                "unloads_at": u.unloads_at.isoformat() if u.unloads_at else None,
+                "message": u.message,
+            }
+        )
+    else:
+        say(f"{u.model_id}: {u.message}")
+    return 0
+
+
 def profile(admin: AdminClient, ns: argparse.Namespace) -> int:
     s = admin.switch_profile(ns.name, ns.reason or "")
     if ns.json:
@@ -92,7 +119,8 @@ def add_parser(
     )
     p = sub.add_parser(
         "admin",
-        help="operator actions over the admin socket: end a lease, unload, drain, switch profile",
+        help="operator actions over the admin socket: end a lease, unload, pin, drain, switch "
+        "profile",
     )
     asub = p.add_subparsers(dest="admin_command", metavar="COMMAND", required=True)
 
@@ -113,6 +141,16 @@ def add_parser(
     q.add_argument("model", metavar="MODEL")
     q.add_argument("--force", action="store_true", help="end the model's leases first")
     q.add_argument("--reason", help="told to the holders whose leases --force ends (required)")
+    q = add(
+        "pin",
+        pin,
+        "keep a model warm: never unloaded for idleness, still evicted when a request needs "
+        "its room; an unloaded model is loaded if it fits without evicting",
+    )
+    q.add_argument("model", metavar="MODEL")
+    q.add_argument("--reason", help="why, for the daemon's log")
+    q = add("unpin", unpin, "stop keeping a model warm; idle, it unloads after its grace period")
+    q.add_argument("model", metavar="MODEL")
     q = add("profile", profile, "make another known profile active (as a reload would)")
     q.add_argument("name", metavar="PROFILE")
     q.add_argument("--reason", help="shown by `gpulet profile show`")

@@ -63,6 +63,16 @@ class AdminServiceStub:
                 request_serializer=gpulet_dot_v1_dot_admin__pb2.UndrainRequest.SerializeToString,
                 response_deserializer=gpulet_dot_v1_dot_admin__pb2.UndrainResponse.FromString,
                 _registered_method=True)
+        self.PinModel = channel.unary_unary(
+                '/gpulet.v1.AdminService/PinModel',
+                request_serializer=gpulet_dot_v1_dot_admin__pb2.PinModelRequest.SerializeToString,
+                response_deserializer=gpulet_dot_v1_dot_admin__pb2.PinModelResponse.FromString,
+                _registered_method=True)
+        self.UnpinModel = channel.unary_unary(
+                '/gpulet.v1.AdminService/UnpinModel',
+                request_serializer=gpulet_dot_v1_dot_admin__pb2.UnpinModelRequest.SerializeToString,
+                response_deserializer=gpulet_dot_v1_dot_admin__pb2.UnpinModelResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -112,6 +122,24 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PinModel(self, request, context):
+        """Pins a model (a core pin event): never unloaded for idleness, still evicted when a request
+        needs its room, as a preloaded model is. An unloaded model is loaded as a preload is: when
+        it fits without evicting anything; else it stays pinned and unloaded and `message` says
+        why. NOT_FOUND for an unknown model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnpinModel(self, request, context):
+        """Unpins a model (pinned here or preloaded by the profile, until the next reload): an idle
+        loaded model's grace period starts now. NOT_FOUND for an unknown model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +167,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Undrain,
                     request_deserializer=gpulet_dot_v1_dot_admin__pb2.UndrainRequest.FromString,
                     response_serializer=gpulet_dot_v1_dot_admin__pb2.UndrainResponse.SerializeToString,
+            ),
+            'PinModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinModel,
+                    request_deserializer=gpulet_dot_v1_dot_admin__pb2.PinModelRequest.FromString,
+                    response_serializer=gpulet_dot_v1_dot_admin__pb2.PinModelResponse.SerializeToString,
+            ),
+            'UnpinModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnpinModel,
+                    request_deserializer=gpulet_dot_v1_dot_admin__pb2.UnpinModelRequest.FromString,
+                    response_serializer=gpulet_dot_v1_dot_admin__pb2.UnpinModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -280,6 +318,60 @@ class AdminService:
             '/gpulet.v1.AdminService/Undrain',
             gpulet_dot_v1_dot_admin__pb2.UndrainRequest.SerializeToString,
             gpulet_dot_v1_dot_admin__pb2.UndrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpulet.v1.AdminService/PinModel',
+            gpulet_dot_v1_dot_admin__pb2.PinModelRequest.SerializeToString,
+            gpulet_dot_v1_dot_admin__pb2.PinModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnpinModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpulet.v1.AdminService/UnpinModel',
+            gpulet_dot_v1_dot_admin__pb2.UnpinModelRequest.SerializeToString,
+            gpulet_dot_v1_dot_admin__pb2.UnpinModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,16 @@ class AdminServiceStub:
     """
     Undrain: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UndrainRequest, _admin_pb2.UndrainResponse]
     """Accepts Acquires again."""
+    PinModel: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PinModelRequest, _admin_pb2.PinModelResponse]
+    """Pins a model (a core pin event): never unloaded for idleness, still evicted when a request
+    needs its room, as a preloaded model is. An unloaded model is loaded as a preload is: when
+    it fits without evicting anything; else it stays pinned and unloaded and `message` says
+    why. NOT_FOUND for an unknown model.
+    """
+    UnpinModel: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UnpinModelRequest, _admin_pb2.UnpinModelResponse]
+    """Unpins a model (pinned here or preloaded by the profile, until the next reload): an idle
+    loaded model's grace period starts now. NOT_FOUND for an unknown model.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -85,6 +95,16 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     Undrain: _aio.UnaryUnaryMultiCallable[_admin_pb2.UndrainRequest, _admin_pb2.UndrainResponse]  # type: ignore[assignment]
     """Accepts Acquires again."""
+    PinModel: _aio.UnaryUnaryMultiCallable[_admin_pb2.PinModelRequest, _admin_pb2.PinModelResponse]  # type: ignore[assignment]
+    """Pins a model (a core pin event): never unloaded for idleness, still evicted when a request
+    needs its room, as a preloaded model is. An unloaded model is loaded as a preload is: when
+    it fits without evicting anything; else it stays pinned and unloaded and `message` says
+    why. NOT_FOUND for an unknown model.
+    """
+    UnpinModel: _aio.UnaryUnaryMultiCallable[_admin_pb2.UnpinModelRequest, _admin_pb2.UnpinModelResponse]  # type: ignore[assignment]
+    """Unpins a model (pinned here or preloaded by the profile, until the next reload): an idle
+    loaded model's grace period starts now. NOT_FOUND for an unknown model.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Operator actions. Served only on the admin socket (`gpuletd --admin-socket`, mode 0600,
@@ -141,5 +161,27 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.UndrainResponse, _abc.Awaitable[_admin_pb2.UndrainResponse]]:
         """Accepts Acquires again."""
+
+    @_abc_1.abstractmethod
+    def PinModel(
+        self,
+        request: _admin_pb2.PinModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PinModelResponse, _abc.Awaitable[_admin_pb2.PinModelResponse]]:
+        """Pins a model (a core pin event): never unloaded for idleness, still evicted when a request
+        needs its room, as a preloaded model is. An unloaded model is loaded as a preload is: when
+        it fits without evicting anything; else it stays pinned and unloaded and `message` says
+        why. NOT_FOUND for an unknown model.
+        """
+
+    @_abc_1.abstractmethod
+    def UnpinModel(
+        self,
+        request: _admin_pb2.UnpinModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.UnpinModelResponse, _abc.Awaitable[_admin_pb2.UnpinModelResponse]]:
+        """Unpins a model (pinned here or preloaded by the profile, until the next reload): an idle
+        loaded model's grace period starts now. NOT_FOUND for an unknown model.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -66,3 +66,25 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def Undrain(self, request: pb.UndrainRequest, context: Context) -> pb.UndrainResponse:
         return pb.UndrainResponse(was_draining=self._admin.undrain())
+
+    async def PinModel(self, request: pb.PinModelRequest, context: Context) -> pb.PinModelResponse:
+        try:
+            p = self._admin.pin(request.model_id, request.reason)
+        except Refused as r:
+            await fail(context, r)
+        return pb.PinModelResponse(model_id=p.model_id, state=p.state.value, message=p.message)
+
+    async def UnpinModel(
+        self, request: pb.UnpinModelRequest, context: Context
+    ) -> pb.UnpinModelResponse:
+        try:
+            u = self._admin.unpin(request.model_id)
+        except Refused as r:
+            await fail(context, r)
+        return pb.UnpinModelResponse(
+            model_id=u.model_id,
+            was_pinned=u.was_pinned,
+            state=u.state.value,
+            unloads_at=_ts(u.unloads_at) if u.unloads_at is not None else None,
+            message=u.message,
+        )
