@@ -132,6 +132,7 @@ class AsyncClient(BaseClient):
         model_id: str | None = None,
         *,
         role: str | None = None,
+        vram_mb: int | None = None,
         client_name: str | None = None,
         ttl: float | None = None,
         priority: int = 0,
@@ -140,7 +141,9 @@ class AsyncClient(BaseClient):
         on_progress: ProgressCallback | None = None,
     ) -> Lease:
         """See `Client.acquire`."""
-        req = self._acquire_request(model_id, role, client_name, ttl, priority, exclusive, timeout)
+        req = self._acquire_request(
+            model_id, role, client_name, ttl, priority, exclusive, timeout, vram_mb
+        )
         lease: Lease | None = None
         last: Progress | None = None
         try:
@@ -152,7 +155,7 @@ class AsyncClient(BaseClient):
                     if on_progress is not None:
                         on_progress(step)
         except grpc.RpcError as e:
-            waited = self._acquire_waited_for(model_id, role, last)
+            waited = self._acquire_waited_for(model_id, role, last, vram_mb)
             raise self._error(e, waited_for=waited, timeout=timeout) from None
         if lease is None:
             raise self._no_grant()
@@ -206,6 +209,7 @@ class AsyncClient(BaseClient):
         model_id: str | None = None,
         *,
         role: str | None = None,
+        vram_mb: int | None = None,
         client_name: str | None = None,
         ttl: float | None = None,
         priority: int = 0,
@@ -217,6 +221,7 @@ class AsyncClient(BaseClient):
         lease = await self.acquire(
             model_id,
             role=role,
+            vram_mb=vram_mb,
             client_name=client_name,
             ttl=ttl,
             priority=priority,

@@ -70,10 +70,15 @@ class BaseClient:
         return self._error(e, waited_for=f"gpuletd to answer {name}", timeout=self.timeout)
 
     @staticmethod
-    def _acquire_waited_for(model_id: str | None, role: str | None, last: Progress | None) -> str:
-        target = (
-            f"model {_short(model_id)}" if model_id is not None else f"role {_short(role or '')}"
-        )
+    def _acquire_waited_for(
+        model_id: str | None, role: str | None, last: Progress | None, vram_mb: int | None = None
+    ) -> str:
+        if vram_mb is not None:
+            target = f"{vram_mb} MiB of VRAM"
+        elif model_id is not None:
+            target = f"model {_short(model_id)}"
+        else:
+            target = f"role {_short(role or '')}"
         if last is None:
             where = "not yet queued"
         elif last.state == "queued":
@@ -100,9 +105,12 @@ class BaseClient:
         priority: int,
         exclusive: bool,
         timeout: float | None,
+        vram_mb: int | None = None,
     ) -> leases_pb2.AcquireRequest:
-        if (model_id is None) == (role is None):
-            raise ValueError("give exactly one of model_id or role")
+        if [model_id, role, vram_mb].count(None) != 2:
+            raise ValueError("give exactly one of model_id, role or vram_mb")
+        if vram_mb is not None and (isinstance(vram_mb, bool) or vram_mb <= 0):
+            raise ValueError(f"vram_mb must be a positive number of MiB, got {vram_mb!r}")
         check_timeout(timeout)
         req = leases_pb2.AcquireRequest(
             client_name=client_name or f"pid {os.getpid()}",
@@ -112,7 +120,9 @@ class BaseClient:
             exclusive=exclusive,
             claim_within_seconds=CLAIM_WITHIN_S,
         )
-        if model_id is not None:
+        if vram_mb is not None:
+            req.vram_mb = vram_mb
+        elif model_id is not None:
             req.model_id = model_id
         else:
             req.role = role or ""

@@ -133,6 +133,7 @@ class Client(BaseClient):
         model_id: str | None = None,
         *,
         role: str | None = None,
+        vram_mb: int | None = None,
         client_name: str | None = None,
         ttl: float | None = None,
         priority: int = 0,
@@ -142,9 +143,14 @@ class Client(BaseClient):
     ) -> Lease:
         """Wait (queued, then loading) until the lease is granted, and claim it.
 
+        Give one of `model_id`, `role` or `vram_mb`: a *memory lease* of that many MiB of raw
+        VRAM on one GPU, for loading something not in the registry yourself (its
+        `lease.model_id` is "vram:<lease id>"); queued, evicted for and expired like any lease.
         `ttl`: seconds the lease lives without renewal (None: the daemon's default, 60 s).
         `timeout`: how long to wait for the grant (None: as long as it takes)."""
-        req = self._acquire_request(model_id, role, client_name, ttl, priority, exclusive, timeout)
+        req = self._acquire_request(
+            model_id, role, client_name, ttl, priority, exclusive, timeout, vram_mb
+        )
         lease: Lease | None = None
         last: Progress | None = None
         try:
@@ -158,7 +164,7 @@ class Client(BaseClient):
                     if on_progress is not None:
                         on_progress(step)
         except grpc.RpcError as e:
-            waited = self._acquire_waited_for(model_id, role, last)
+            waited = self._acquire_waited_for(model_id, role, last, vram_mb)
             raise self._error(e, waited_for=waited, timeout=timeout) from None
         if lease is None:
             raise self._no_grant()
@@ -218,6 +224,7 @@ class Client(BaseClient):
         model_id: str | None = None,
         *,
         role: str | None = None,
+        vram_mb: int | None = None,
         client_name: str | None = None,
         ttl: float | None = None,
         priority: int = 0,
@@ -232,6 +239,7 @@ class Client(BaseClient):
         lease = self.acquire(
             model_id,
             role=role,
+            vram_mb=vram_mb,
             client_name=client_name,
             ttl=ttl,
             priority=priority,

@@ -306,6 +306,7 @@ class LeaseManager:
         exclusive: bool = False,
         timeout_s: float | None = None,
         claim_within_s: float = 0.0,
+        vram_mb: int = 0,
     ) -> AsyncGenerator[AcquireUpdate, None]:
         """Yields Queued / Loading updates, then the granted LeaseInfo (with its token), or
         raises Refused (LeaseFailed, UnknownRole, a bound). Closed before the grant, the request
@@ -314,7 +315,10 @@ class LeaseManager:
         A grant can be on its way when the caller goes away, and nothing on the server tells
         whether it was read: a caller that passes `claim_within_s` promises to renew (or
         release) it within that time, and a grant not claimed by then ends. A cancellation
-        the RPC layer does see is handed to `abandon`."""
+        the RPC layer does see is handed to `abandon`.
+
+        `vram_mb` > 0: a *memory lease* of that many MiB on one GPU instead of a model (its
+        lease's model_id is `vram:<lease id>`); exclusive of `model_id` and `role`."""
         self._check_ttl(ttl_s)
         check_client_name(client)
         if not (
@@ -347,14 +351,16 @@ class LeaseManager:
                 "gpuletd is draining (an administrator stopped new leases; held leases run "
                 "on): try again later",
             )
-        if role:
+        if vram_mb:
+            self._check_vram(vram_mb, model_id, role)
+        elif role:
             check_name("role", role)
             model_id = self._pick_for_role(role)
         elif not model_id:
             raise LeaseFailed(
                 "INVALID_ARGUMENT",
                 "MISSING_FIELD",
-                "model_id or role: one of them is required",
+                "model_id, role or vram_mb: one of them is required",
                 "model_id",
             )
         else:
@@ -377,6 +383,7 @@ class LeaseManager:
                     secret=_digest(token),
                     deadline=None if timeout_s is None else now + timeout_s,
                     claim_within_s=claim_within_s or None,
+                    vram_mb=vram_mb or None,
                 )
             )
             while True:
@@ -585,6 +592,31 @@ class LeaseManager:
                 f"ttl_seconds: at least {MIN_TTL_S:g} s (or 0 for the default), got {ttl_s:g}: "
                 "a shorter lease would expire before its holder could use or renew it",
                 "ttl_seconds",
+            )
+
+    def _check_vram(self, vram_mb: int, model_id: str, role: str) -> None:
+        if model_id or role:
+            raise LeaseFailed(
+                "INVALID_ARGUMENT",
+                "INVALID_ARGUMENT",
+                "vram_mb: a memory lease names no model_id or role",
+                "vram_mb",
+            )
+        largest = max((g.total_mb or 0 for g in self._ex.core.gpus()), default=0)
+        if largest <= 0:
+            raise LeaseFailed(
+                "INVALID_ARGUMENT",
+                "INVALID_ARGUMENT",
+                "vram_mb: no GPU with a known total to reserve memory on",
+                "vram_mb",
+            )
+        if not 1 <= vram_mb <= largest:
+            raise LeaseFailed(
+                "INVALID_ARGUMENT",
+                "INVALID_ARGUMENT",
+                f"vram_mb: must be between 1 and {largest} MiB (the largest GPU's total), "
+                f"got {vram_mb}",
+                "vram_mb",
             )
 
     def _rejection(self, d: Rejected, model_id: str) -> LeaseFailed:

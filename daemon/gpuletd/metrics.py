@@ -59,6 +59,12 @@ WAIT_BUCKETS = (0.005, 0.05, 0.25, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0
 MAX_TRACKED_REQUESTS = 10_000
 
 
+def _series(model_id: str) -> str:
+    """The `model` label: memory leases (`vram:<lease id>`) share one value, or each would
+    add series that never go away."""
+    return "vram" if model_id.startswith("vram:") else model_id
+
+
 class StateCollector(Collector):
     """Gauges read at scrape time. Scrapes are served on the event loop's thread (see
     metrics_http), so the core's views are read between two events, never during one."""
@@ -239,17 +245,17 @@ class MetricsSink:
                 case Granted():
                     # No Queued/Loading before it: granted in the event that asked for it.
                     arrived = self._arrived.pop(d.lease_id, d.granted_at)
-                    self.wait.labels(d.model_id).observe(max(0.0, d.granted_at - arrived))
-                    self.granted.labels(d.model_id).inc()
+                    self.wait.labels(_series(d.model_id)).observe(max(0.0, d.granted_at - arrived))
+                    self.granted.labels(_series(d.model_id)).inc()
                 case Rejected():
                     self._arrived.pop(d.request_id, None)
                     self.rejected.labels(d.reason.value).inc()
                 case LeaseEnded():
-                    self.ended.labels(d.model_id, d.reason.value).inc()
+                    self.ended.labels(_series(d.model_id), d.reason.value).inc()
                 case StartBackend():
-                    self.loads.labels(d.model_id).inc()
+                    self.loads.labels(_series(d.model_id)).inc()
                 case StopBackend():
-                    self.evictions.labels(d.model_id, d.reason.value).inc()
+                    self.evictions.labels(_series(d.model_id), d.reason.value).inc()
                 case ModelStateChanged():
                     self._changed(d, now)
                 case Renewed() | LeaseRefused() | PreloadSkipped():
@@ -276,10 +282,10 @@ class MetricsSink:
         if before is ModelState.LOADING:
             if d.state is ModelState.LOADED:
                 if started is not None:
-                    self.load_seconds.labels(mid).observe(max(0.0, now - started))
+                    self.load_seconds.labels(_series(mid)).observe(max(0.0, now - started))
             else:  # failed, or stopped by a timeout or a measurement too large to keep
-                self.load_failures.labels(mid).inc()
+                self.load_failures.labels(_series(mid)).inc()
         elif before is ModelState.LOADED and d.state is ModelState.FAILED:
-            self.deaths.labels(mid).inc()
+            self.deaths.labels(_series(mid)).inc()
         if d.state is ModelState.UNLOADED:
-            self.unloads.labels(mid).inc()
+            self.unloads.labels(_series(mid)).inc()

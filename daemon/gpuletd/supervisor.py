@@ -201,10 +201,12 @@ class Supervisor:
             if mid in recorded or not view.holds_memory:
                 continue
             model = self._rt.registry.get(mid)
-            if model is not None and model.backend is Backend.RESERVATION:
-                # No process: the holder loads it; the restart changed nothing for it.
+            if view.memory or (model is not None and model.backend is Backend.RESERVATION):
+                # No process (a reservation, or a memory lease's raw VRAM): the holder loads
+                # it; the restart changed nothing for it.
                 if view.state is ModelState.LOADING:
-                    self._report(Loaded(mid, None, model.endpoint or ""))
+                    endpoint = (model.endpoint or "") if model is not None else ""
+                    self._report(Loaded(mid, None, endpoint))
                 elif view.state is ModelState.UNLOADING:
                     self._report(Unloaded(mid))
             else:

@@ -41,7 +41,11 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 def _state(c: gpulet.Client) -> Any:
     models = sorted((m.id, m.state, m.gpu_uuids) for m in c.models())
-    leases = sorted((x.lease_id, x.model_id, x.expires_at) for x in c.list_leases())
+    # Expiries to the second: each listing converts the daemon's monotonic clock to wall time
+    # anew, which moves the microseconds (a renew would move the seconds).
+    leases = sorted(
+        (x.lease_id, x.model_id, round(x.expires_at.timestamp())) for x in c.list_leases()
+    )
     return models, leases, c.queue()
 
 

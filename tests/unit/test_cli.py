@@ -291,3 +291,29 @@ def test_a_bare_socket_path_is_a_unix_address(
     assert capsys.readouterr().err.startswith(
         f"gpulet: gpuletd is not running: no socket at {sock}"
     )
+
+
+def test_acquire_vram_sends_a_memory_lease(h: Harness) -> None:
+    run = gpulet_cli(h, "lease", "acquire", "--vram", "12000", "--json")
+    request = h.daemon.stream(
+        "LeaseService.Acquire",
+        [leases_pb2.AcquireResponse(granted=lease_pb(token="-tok"))],
+    )
+    h.daemon.unary("LeaseService.Renew", leases_pb2.RenewResponse(lease=lease_pb()))
+    assert run.result(timeout=5) == 0
+    assert request.WhichOneof("target") == "vram_mb" and request.vram_mb == 12000
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["lease", "acquire", "m", "--vram", "100"], "one of them"),
+        (["lease", "acquire", "--vram", "0"], "--vram"),
+        (["run", "m", "--vram", "100", "--", "true"], "one of them"),
+    ],
+)
+def test_vram_usage_errors(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    assert cli_main.main(argv) == 2
+    assert needle in capsys.readouterr().err

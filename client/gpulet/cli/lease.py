@@ -12,6 +12,9 @@ from gpulet.cli.output import print_json, safe, say, table
 from gpulet.client import Client
 from gpulet.types import Lease, Progress
 
+# A memory lease: 1 MiB up to a size no GPU has (the daemon bounds it by its largest GPU).
+VRAM_MB = range(1, 1 << 30)
+
 __all__ = [
     "acquire",
     "add_credential_args",
@@ -31,6 +34,14 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
         "--role",
         type=args.identifier("role"),
         help="let the daemon pick the best model for this role",
+    )
+    p.add_argument(
+        "--vram",
+        type=args.integer(VRAM_MB),
+        default=None,
+        metavar="MiB",
+        help="a memory lease (lease acquire only): reserve this much raw VRAM on one GPU "
+        "for something not in the registry, instead of a model",
     )
     p.add_argument(
         "--ttl",
@@ -75,8 +86,9 @@ def add_credential_args(p: argparse.ArgumentParser) -> None:
 
 
 def check_target(ns: argparse.Namespace, p: argparse.ArgumentParser) -> None:
-    if (ns.model is None) == (ns.role is None):
-        p.error("give a MODEL or --role ROLE (one of them)")
+    vram = getattr(ns, "vram", None)
+    if [ns.model, ns.role, vram].count(None) != 2:
+        p.error("give a MODEL, --role ROLE or --vram MiB (one of them)")
 
 
 def progress_printer(enabled: bool) -> Callable[[Progress], None] | None:
@@ -109,6 +121,7 @@ def acquire_lease(client: Client, ns: argparse.Namespace) -> Lease:
         return client.acquire(
             ns.model,
             role=ns.role,
+            vram_mb=getattr(ns, "vram", None),
             client_name=ns.client_name,
             ttl=ns.ttl,
             priority=ns.priority,

@@ -109,6 +109,7 @@ def _run(
         exclusive=ns.exclusive,
         timeout=ns.timeout,
         on_progress=show,
+        vram_mb=getattr(ns, "vram", None),
     ) as lease:
         if show is not None:
             sys.stderr.write("\r\033[K")

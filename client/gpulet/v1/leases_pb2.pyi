@@ -85,6 +85,7 @@ class AcquireRequest(_message.Message):
 
     MODEL_ID_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    VRAM_MB_FIELD_NUMBER: _builtins.int
     CLIENT_NAME_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
@@ -93,6 +94,13 @@ class AcquireRequest(_message.Message):
     model_id: _builtins.str
     role: _builtins.str
     """The selector picks the best model for the role, preferring a loaded one on ties."""
+    vram_mb: _builtins.int
+    """A *memory lease*: this many MiB of raw VRAM on one GPU, for a holder that loads
+    something not in the registry itself (1 to the largest GPU's total; INVALID_ARGUMENT
+    naming vram_mb otherwise). Queued, admitted (evicting idle models), expired and
+    released like a model lease; its lease's model_id is "vram:<lease id>". RESOURCE_EXHAUSTED
+    at once when no GPU of the profile could ever hold it.
+    """
     client_name: _builtins.str
     """Who holds the lease, for `gpulet lease list` (e.g. "caption-worker@host")."""
     ttl_seconds: _builtins.float
@@ -113,17 +121,18 @@ class AcquireRequest(_message.Message):
         *,
         model_id: _builtins.str = ...,
         role: _builtins.str = ...,
+        vram_mb: _builtins.int = ...,
         client_name: _builtins.str = ...,
         ttl_seconds: _builtins.float = ...,
         priority: _builtins.int = ...,
         exclusive: _builtins.bool = ...,
         claim_within_seconds: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "role", b"role", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "role", b"role", "target", b"target", "vram_mb", b"vram_mb"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_within_seconds", b"claim_within_seconds", "client_name", b"client_name", "exclusive", b"exclusive", "model_id", b"model_id", "priority", b"priority", "role", b"role", "target", b"target", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_within_seconds", b"claim_within_seconds", "client_name", b"client_name", "exclusive", b"exclusive", "model_id", b"model_id", "priority", b"priority", "role", b"role", "target", b"target", "ttl_seconds", b"ttl_seconds", "vram_mb", b"vram_mb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["model_id", "role"]  # noqa: Y015
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["model_id", "role", "vram_mb"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 

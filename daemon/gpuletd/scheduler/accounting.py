@@ -84,7 +84,9 @@ def gpu_infos(st: State) -> list[GpuInfo]:
 
 
 def need(st: State, rec: ModelRecord) -> Need:
-    return resolve_need(rec.model, rec.reservation_mb, st.profile, gpu_infos(st))
+    return resolve_need(
+        rec.model, rec.reservation_mb, st.profile, gpu_infos(st), one_gpu=rec.memory
+    )
 
 
 def ceiling(st: State, rec: ModelRecord) -> CeilingProblem | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from gpuletd.scheduler.accounting import (
     Hypothesis,
     ceiling,
+    changed,
     in_flux,
     need,
     place_now,
@@ -31,7 +32,7 @@ from gpuletd.scheduler.decisions import (
 from gpuletd.scheduler.drain import sweep, tighten
 from gpuletd.scheduler.queue import PendingRequest
 from gpuletd.scheduler.records import ModelRecord
-from gpuletd.scheduler.state import State, instance
+from gpuletd.scheduler.state import MEMORY_PREFIX, State, instance
 from gpuletd.scheduler.transitions import exclusive_conflict, grant, join, refuse, start_load, stop
 
 __all__ = ["settle"]
@@ -58,9 +59,12 @@ def settle(st: State, out: list[Decision]) -> None:
     order = st.queue.ordered(st.now)
     st.plan_cache, st.wanted_cache = {}, None
     try:
+        sweep_memory(st, out)
         if st.retired or st.inherited is not None:
             sweep(st, out)
         _pump(st, order, out)
+        # What the pass refused (a memory request too large) leaves nothing behind.
+        sweep_memory(st, out)
     finally:
         st.plan_cache, st.wanted_cache = None, None
     if st.inherited is not None:
@@ -72,6 +76,20 @@ def settle(st: State, out: list[Decision]) -> None:
         if req.position != i + 1:
             req.position = i + 1
             out.append(Queued(req.request_id, req.model_id, i + 1))
+
+
+def sweep_memory(st: State, out: list[Decision]) -> None:
+    """A memory lease's record lives as long as its request or lease: once neither is left,
+    its reservation is stopped (a load under way too), and once it holds nothing it is
+    forgotten."""
+    for mid, rec in list(st.models.items()):
+        if not rec.memory or rec.leases or mid.removeprefix(MEMORY_PREFIX) in st.queue:
+            continue
+        if rec.state in (ModelState.LOADED, ModelState.LOADING):
+            stop(st, rec, StopReason.RELEASED, f"memory lease {mid} ended", out)
+        elif not rec.holds_memory:
+            changed(st)
+            del st.models[mid]
 
 
 def _pump(st: State, order: list[PendingRequest], out: list[Decision]) -> None:

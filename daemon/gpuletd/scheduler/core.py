@@ -163,6 +163,7 @@ class Scheduler:
         deadline: float | None = None,
         secret: str = "",
         claim_within_s: float | None = None,
+        vram_mb: int | None = None,
     ) -> list[Decision]:
         """Ask for a lease on `model_id`. Its fate comes back, now or from a later event, as
         Granted or Rejected, possibly after Queued(position) and Loading updates.
@@ -172,6 +173,11 @@ class Scheduler:
         `secret`: opaque to the core, kept with the lease (`lease_secret`).
         `claim_within_s`: the grant ends (LeaseEnded, reason cancelled) unless its caller
         renews or releases it within this many seconds: it never reached the caller.
+        `vram_mb`: a *memory lease* instead (`model_id` is ignored): `vram_mb` MiB of raw VRAM
+        on one GPU, for a holder that loads something not in the registry. It is held on a
+        reservation record `vram:<request_id>` (`memory_model_id`) that the request creates,
+        queued, admitted, evicted for and granted like any model; when its lease ends the
+        reservation is stopped, and the record is forgotten once it holds nothing.
         Raises ValueError only for a request id already pending or leased (a shell bug)."""
         return h.on_request(
             self._st,
@@ -185,6 +191,7 @@ class Scheduler:
             deadline=deadline,
             secret=secret,
             claim_within_s=claim_within_s,
+            vram_mb=vram_mb,
         )
 
     def cancel(self, request_id: str, *, now: float) -> list[Decision]:

@@ -97,6 +97,8 @@ class StopReason(enum.Enum):
     RECONFIGURED = "reconfigured"
     # Idle, stopped at once by the `unload` event (an administrator); its message says why.
     ADMIN = "admin"
+    # A memory lease ended: its reservation is given back.
+    RELEASED = "released"
 
 
 @dataclass(frozen=True)

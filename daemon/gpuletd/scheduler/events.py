@@ -70,6 +70,7 @@ class SchedulerEvents(PolicyEvents, Protocol):
         deadline: float | None = None,
         secret: str = "",
         claim_within_s: float | None = None,
+        vram_mb: int | None = None,
     ) -> list[Decision]: ...
 
     def cancel(self, request_id: str, *, now: float) -> list[Decision]: ...

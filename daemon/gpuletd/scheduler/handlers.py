@@ -26,7 +26,13 @@ from gpuletd.scheduler.decisions import (
     StopReason,
 )
 from gpuletd.scheduler.queue import PendingRequest
-from gpuletd.scheduler.state import State, advance_clock, instance
+from gpuletd.scheduler.state import (
+    State,
+    advance_clock,
+    instance,
+    memory_model_id,
+    memory_record,
+)
 from gpuletd.scheduler.timers import advance
 from gpuletd.scheduler.transitions import (
     apply_measurement,
@@ -99,11 +105,19 @@ def on_tick(st: State, now: float) -> list[Decision]:
 
 
 def _problem(
-    st: State, model_id: str, now: float, ttl: float, ttl_s: float | None, deadline: float | None
+    st: State,
+    model_id: str,
+    now: float,
+    ttl: float,
+    ttl_s: float | None,
+    deadline: float | None,
+    *,
+    memory: bool = False,
 ) -> tuple[RejectCode, RejectReason, str] | None:
     rec = st.models.get(model_id)
-    if rec is None:
-        known = sorted(st.models)
+    if rec is None or (rec.memory and not memory):
+        # A memory lease's record is not a model anyone may name.
+        known = sorted(mid for mid, r in st.models.items() if not r.memory)
         shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
         return (
             RejectCode.NOT_FOUND,
@@ -149,14 +163,34 @@ def on_request(
     deadline: float | None,
     secret: str,
     claim_within_s: float | None = None,
+    vram_mb: int | None = None,
 ) -> list[Decision]:
     now = advance_clock(st, now)
     if request_id in st.queue or request_id in st.leases:
         raise ValueError(f"request id {request_id!r} is already in use")
     out = advance(st)
     ttl = st.tuning.default_ttl_s if ttl_s is None else ttl_s
-    problem = _problem(st, model_id, now, ttl, ttl_s, deadline)
+    memory = vram_mb is not None
+    if vram_mb is not None:
+        if vram_mb <= 0:
+            out.append(
+                Rejected(
+                    request_id,
+                    RejectCode.INVALID_ARGUMENT,
+                    RejectReason.INVALID_ARGUMENT,
+                    f"vram_mb must be a positive number of MiB, got {vram_mb}",
+                )
+            )
+            settle(st, out)
+            return out
+        model_id = memory_model_id(request_id)
+        changed(st)
+        st.models[model_id] = memory_record(model_id, vram_mb, st.tuning)
+    problem = _problem(st, model_id, now, ttl, ttl_s, deadline, memory=memory)
     if problem is not None:
+        if memory:
+            changed(st)
+            del st.models[model_id]
         out.append(Rejected(request_id, *problem))
         settle(st, out)
         return out
@@ -293,7 +327,7 @@ def on_pin(st: State, model_id: str, keep_warm: bool, *, now: float) -> list[Dec
     now = advance_clock(st, now)
     out = advance(st)
     rec = st.models.get(model_id)
-    if rec is None:
+    if rec is None or rec.memory:
         out.append(PreloadSkipped(model_id, f"pin names unknown model {model_id}"))
     elif keep_warm:
         changed(st)

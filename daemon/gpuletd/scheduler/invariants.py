@@ -86,6 +86,15 @@ def check_invariants(scheduler: Scheduler) -> list[str]:
             bad.append(f"{m.model_id}: {m.lease_count} lease(s) while {m.state.value}")
         if m.waiters and m.state is not ModelState.LOADING:
             bad.append(f"{m.model_id}: {len(m.waiters)} waiter(s) while {m.state.value}")
+        if m.memory:
+            rid = m.model_id.removeprefix("vram:")
+            if len(m.gpu_uuids) > 1 or m.lease_count > 1:
+                bad.append(f"{m.model_id}: a memory lease on {len(m.gpu_uuids)} GPUs")
+            pending = any(q.request_id == rid for q in queue)
+            if not (pending or m.lease_count or m.holds_memory):
+                bad.append(f"{m.model_id}: a memory lease's record outlives its request")
+            if m.state is ModelState.LOADED and not (pending or m.lease_count):
+                bad.append(f"{m.model_id}: a memory reservation kept with no lease")
 
     # Leases.
     per_model: dict[str, int] = {}

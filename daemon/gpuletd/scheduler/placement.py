@@ -96,14 +96,21 @@ def _pinned(model: Model, gpus: Sequence[GpuInfo]) -> tuple[list[GpuInfo], tuple
 
 
 def resolve_need(
-    model: Model, reservation_mb: int, profile: Profile, gpus: Sequence[GpuInfo]
+    model: Model,
+    reservation_mb: int,
+    profile: Profile,
+    gpus: Sequence[GpuInfo],
+    *,
+    one_gpu: bool = False,
 ) -> Need:
+    """`one_gpu`: never split (a memory lease is raw VRAM on one GPU)."""
     if not gpus:
         return Need(model.id, reservation_mb, 0, reservation_mb, ())
     pinned, unknown = _pinned(model, gpus)
     n = 1
     if (
-        profile.strategy is Strategy.TENSOR_PARALLEL_OR_DISTRIBUTED
+        not one_gpu
+        and profile.strategy is Strategy.TENSOR_PARALLEL_OR_DISTRIBUTED
         and profile.tensor_parallel_threshold_mb is not None
         and reservation_mb > profile.tensor_parallel_threshold_mb
         and profile.gpu_count > 1

@@ -103,7 +103,12 @@ def _requeue_waiters(st: State, rec: ModelRecord) -> None:
 
 def _apply_registry(st: State, models: Mapping[str, Model], out: list[Decision]) -> None:
     kept: dict[str, ModelRecord] = {}
+    memory: dict[str, ModelRecord] = {}
     for mid, rec in st.models.items():
+        if rec.memory:
+            # A memory lease is no model of the registry: a new registry leaves it alone.
+            memory[mid] = rec
+            continue
         new = models.get(mid)
         busy = rec.holds_memory or bool(rec.leases)
         if new is None:
@@ -143,7 +148,7 @@ def _apply_registry(st: State, models: Mapping[str, Model], out: list[Decision])
         elif mid not in kept:
             kept[mid] = model_record(m, st.tuning)
     # Registry order, as a fresh start would have it.
-    st.models = {mid: kept[mid] for mid in models}
+    st.models = {mid: kept[mid] for mid in models} | memory
 
 
 def _replace_preloads(st: State, preload: Sequence[str], out: list[Decision]) -> None:

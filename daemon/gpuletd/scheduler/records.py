@@ -55,6 +55,10 @@ class ModelRecord:
     # Non-empty for a *retired* instance: its model was removed from the registry or redefined
     # by a reconfigure. It serves its holders, takes no new lease, and stops once unleased.
     retired: str = ""
+    # A *memory lease*'s record (id `vram:<request id>`): raw VRAM for one holder, never in the
+    # registry. Created by its request, stopped when its lease ends, forgotten once it holds
+    # nothing (`admission.sweep_memory`).
+    memory: bool = False
 
     @property
     def reservation_mb(self) -> int:

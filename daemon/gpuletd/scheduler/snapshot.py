@@ -4,7 +4,7 @@ leases and the models it placed.
 A snapshot (version 1) is a dict of JSON values only (see `codec.py` for infinities):
 
     {"version": 1, "seq": n,
-     "models": [record, ...],          # registry order, then retired instances
+     "models": [record, ...],          # registry order, memory leases, then retired instances
      "leases": [lease, ...],           # grant order, every field including `secret`
      "gpus": [{"uuid", "pending": [[mb, at], ...], "last_release_at", "lost"}, ...],
      "ended": [[lease_id, why], ...],  # oldest first
@@ -67,6 +67,7 @@ def _record(r: ModelRecord) -> Json:
     return {
         "definition": model_to_dict(r.model),
         "retired": r.retired,
+        "memory": r.memory,
         "state": r.state.value,
         "gpu_uuids": list(r.gpu_uuids),
         "shares": dict(r.shares),
@@ -150,6 +151,8 @@ def _read_record(d: object, path: str, tuning: Tuning, shift: float) -> ModelRec
         raise SnapshotError(f"snapshot: {path} must be an object")
     rec = model_record(model_from_dict(d.get("definition"), f"{path}.definition"), tuning)
     rec.retired = get_str(d, "retired", path)
+    # Absent from snapshots written before memory leases.
+    rec.memory = get_bool(d, "memory", path) if "memory" in d else False
     rec.state = _state(d, "state", path)
     rec.gpu_uuids = tuple(_strs(d.get("gpu_uuids"), f"{path}.gpu_uuids"))
     shares = get_dict(d, "shares", path)
@@ -258,8 +261,14 @@ def _meet_registry(
         if rec.holds_memory or rec.leases:
             st.retired[mid] = rec
     for mid, rec in live.items():
-        new = models.get(mid)
         busy = rec.holds_memory or bool(rec.leases)
+        if rec.memory:
+            # Saved with its definition; kept while it holds memory (its lease, or the stop
+            # under way), never met with the registry.
+            if busy:
+                st.models[mid] = rec
+            continue
+        new = models.get(mid)
         diff = None if new is None else instance_changes(rec.model, new)
         if new is not None and not diff:
             rec.model = new

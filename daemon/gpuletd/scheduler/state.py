@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 
 from gpuletd.probe.types import GpuSnapshot, GpuState
 from gpuletd.profiles import Profile
-from gpuletd.registry import Model
+from gpuletd.registry import Backend, Model
 from gpuletd.scheduler.eviction import Plan, ReuseEstimator
 from gpuletd.scheduler.placement import GpuInfo
 from gpuletd.scheduler.queue import RequestQueue
 from gpuletd.scheduler.records import GpuRecord, LeaseRecord, ModelRecord
 
 __all__ = [
+    "MEMORY_PREFIX",
     "Inherited",
     "State",
     "Tuning",
@@ -33,6 +34,8 @@ __all__ = [
     "gpu_record",
     "instance",
     "instances",
+    "memory_model_id",
+    "memory_record",
     "model_record",
     "new_state",
 ]
@@ -120,6 +123,30 @@ def model_record(model: Model, tuning: Tuning) -> ModelRecord:
         model=model,
         usage=ReuseEstimator(alpha=tuning.reuse_alpha, unknown_s=tuning.reuse_unknown_s),
     )
+
+
+MEMORY_PREFIX = "vram:"
+
+
+def memory_model_id(request_id: str) -> str:
+    """The id of the record a memory lease (`request(..., vram_mb=N)`) is held on."""
+    return f"{MEMORY_PREFIX}{request_id}"
+
+
+def memory_record(model_id: str, vram_mb: int, tuning: Tuning) -> ModelRecord:
+    """A memory lease's record: a reservation (no process) of `vram_mb` MiB on one GPU, with
+    no roles, never in the registry."""
+    model = Model(
+        id=model_id,
+        name=f"{vram_mb} MiB of VRAM",
+        backend=Backend.RESERVATION,
+        quantization="",
+        vram_estimate_mb=vram_mb,
+        role_priority={},
+    )
+    rec = model_record(model, tuning)
+    rec.memory = True
+    return rec
 
 
 def gpu_record(g: GpuSnapshot, *, held_mb: int = 0) -> GpuRecord:

@@ -56,6 +56,8 @@ class ModelView:
     # Why this instance is retired (removed from the registry or redefined by a reconfigure):
     # it serves its holders, takes no new lease and stops once unleased. "" for a live model.
     retired: str = ""
+    # A memory lease's reservation (id `vram:<request id>`), not a model of the registry.
+    memory: bool = False
 
     @property
     def holds_memory(self) -> bool:
@@ -134,6 +136,7 @@ def model_view(st: State, r: ModelRecord) -> ModelView:
         last_error=r.last_error,
         endpoint=r.endpoint,
         retired=r.retired,
+        memory=r.memory,
     )
 
 

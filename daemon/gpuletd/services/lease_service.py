@@ -117,6 +117,7 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
         updates = self._leases.acquire(
             model_id=request.model_id,
             role=request.role,
+            vram_mb=request.vram_mb,
             client=request.client_name,
             ttl_s=request.ttl_seconds,
             priority=request.priority,
