@@ -188,11 +188,11 @@ class AsyncClient(BaseClient):
         role: str | None = None,
         priority: int = 0,
         exclusive: bool = False,
+        vram_mb: int | None = None,
     ) -> Plan:
         """See `Client.plan`."""
-        r = await self._call(
-            self._leases.Plan, self._plan_request(model_id, role, priority, exclusive)
-        )
+        req = self._plan_request(model_id, role, priority, exclusive, vram_mb)
+        r = await self._call(self._leases.Plan, req)
         return convert.plan(r)
 
     async def watch(self) -> AsyncIterator[WatchEvent]:

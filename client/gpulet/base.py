@@ -144,13 +144,19 @@ class BaseClient:
 
     @staticmethod
     def _plan_request(
-        model_id: str | None, role: str | None, priority: int, exclusive: bool
+        model_id: str | None,
+        role: str | None,
+        priority: int,
+        exclusive: bool,
+        vram_mb: int | None = None,
     ) -> leases_pb2.PlanRequest:
-        if (model_id is None) == (role is None):
-            raise ValueError("give exactly one of model_id or role")
+        if [model_id, role, vram_mb].count(None) != 2:
+            raise ValueError("give exactly one of model_id, role or vram_mb")
         req = leases_pb2.PlanRequest(priority=priority, exclusive=exclusive)
         if model_id is not None:
             req.model_id = model_id
+        elif vram_mb is not None:
+            req.vram_mb = vram_mb
         else:
             req.role = role or ""
         return req

@@ -201,12 +201,14 @@ class Client(BaseClient):
         role: str | None = None,
         priority: int = 0,
         exclusive: bool = False,
+        vram_mb: int | None = None,
     ) -> Plan:
         """What `acquire` would meet now, without changing anything: granted at once, a load
         (on which GPUs, evicting which idle models at what reload cost), a wait (position and
         what for) or a refusal. Raises NotFound for an unknown model, UnknownRole for an
         unknown role; a refusal the acquire would meet is an answer (`PlanOutcome.REFUSED`)."""
-        r = self._call(self._leases.Plan, self._plan_request(model_id, role, priority, exclusive))
+        req = self._plan_request(model_id, role, priority, exclusive, vram_mb)
+        r = self._call(self._leases.Plan, req)
         return convert.plan(r)
 
     def watch(self) -> Iterator[WatchEvent]:

@@ -468,7 +468,13 @@ class LeaseManager:
         ]
 
     def plan(
-        self, *, model_id: str = "", role: str = "", priority: int = 0, exclusive: bool = False
+        self,
+        *,
+        model_id: str = "",
+        role: str = "",
+        priority: int = 0,
+        exclusive: bool = False,
+        vram_mb: int = 0,
     ) -> PlanResult:
         """What an Acquire of `model_id` (or `role`) would meet now, run against a copy of the
         core: nothing changes (see plan.py). Raises Refused for a request the Acquire would
@@ -483,7 +489,9 @@ class LeaseManager:
                 f"{PRIORITY_RANGE.stop - 1}, got {priority}",
                 "priority",
             )
-        if role:
+        if vram_mb:
+            self._check_vram(vram_mb, model_id, role)
+        elif role:
             check_name("role", role)
             try:
                 model_id = self._pick_for_role(role)
@@ -500,7 +508,7 @@ class LeaseManager:
             )
         else:
             check_name("model_id", model_id)
-        if self._ex.core.model(model_id) is None:
+        if not vram_mb and self._ex.core.model(model_id) is None:
             raise LeaseFailed(
                 "NOT_FOUND",
                 "UNKNOWN_MODEL",
@@ -525,6 +533,7 @@ class LeaseManager:
             waiting=self._waiting_for,
             priority=priority,
             exclusive=exclusive,
+            vram_mb=vram_mb or None,
         )
 
     def _waiting_for(self, core: Scheduler, request_id: str) -> str:

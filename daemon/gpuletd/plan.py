@@ -143,9 +143,11 @@ def what_if(
     waiting: WaitingFor,
     priority: int = 0,
     exclusive: bool = False,
+    vram_mb: int | None = None,
 ) -> PlanResult:
-    """What a request for `model_id` would meet at `now`. `core` is only read: the request runs
-    on an isolated copy. `waiting(copy, request_id)` says what a waiting request waits for."""
+    """What a request for `model_id` (or, with `vram_mb`, a memory lease) would meet at `now`.
+    `core` is only read: the request runs on an isolated copy. `waiting(copy, request_id)` says
+    what a waiting request waits for."""
     sim = isolated_copy(core)
     now = max(now, sim.now)
     # What the clock has made due runs first, so that the request's own decisions stand apart.
@@ -158,7 +160,10 @@ def what_if(
         client="gpulet plan",
         priority=priority,
         exclusive=exclusive,
+        vram_mb=vram_mb,
     )
+    if vram_mb:
+        model_id = f"vram:{PLAN_REQUEST_ID}"  # the core's name for a memory lease's record
     victims = [d for d in out if isinstance(d, StopBackend) and d.reason is StopReason.EVICTED]
     if victims and _pending(out):
         out = out + _follow(sim, [d.model_id for d in victims], now)

@@ -99,3 +99,20 @@ def test_a_memory_lease_survives_a_crash_of_gpuletd(daemon: Daemon) -> None:
         assert [x.lease_id for x in c.list_leases()] == [lease.lease_id]
         c.release(lease)
         assert not c.list_leases()
+
+
+def test_plan_says_what_a_memory_lease_would_meet_and_changes_nothing(daemon: Daemon) -> None:
+    with gpulet.Client(address=daemon.address) as c:
+        held = c.acquire("model-a", ttl=60)  # the one model slot of constrained_16gb is taken
+        before = [(x.lease_id, x.model_id) for x in c.list_leases()]
+        p = c.plan(vram_mb=4000)
+        assert p.outcome is gpulet.PlanOutcome.WAIT and p.position == 1, p
+        assert "model-a" in p.waiting_for
+        too_big = c.plan(vram_mb=16000)
+        assert too_big.outcome is gpulet.PlanOutcome.REFUSED, too_big
+        assert [(x.lease_id, x.model_id) for x in c.list_leases()] == before
+        assert c.queue() == []
+        c.release(held)
+        assert c.plan(vram_mb=4000).outcome is gpulet.PlanOutcome.LOAD
+    r = daemon.cli("plan", "--vram", "4000", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["outcome"] == "load", r.stdout + r.stderr

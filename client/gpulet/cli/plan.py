@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from gpulet.cli import args
-from gpulet.cli.output import print_json, safe, say, table
+from gpulet.cli.exits import Exit
+from gpulet.cli.lease import VRAM_MB
+from gpulet.cli.output import err, print_json, safe, say, table
 from gpulet.client import Client
 from gpulet.types import Plan, PlanOutcome
 
@@ -30,6 +32,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"{args.PRIORITY.start} to {args.PRIORITY.stop - 1} (default 0)",
     )
     p.add_argument("--exclusive", action="store_true", help="as if it asked for the model alone")
+    p.add_argument(
+        "--vram",
+        type=args.integer(VRAM_MB),
+        default=None,
+        metavar="MiB",
+        help="a memory lease of this much raw VRAM instead of a model",
+    )
 
 
 def as_dict(p: Plan) -> dict[str, Any]:
@@ -76,7 +85,12 @@ def _headline(p: Plan) -> str:
 
 def plan(client: Client, ns: argparse.Namespace) -> int:
     """Exit 0 whatever the answer (it is a question); 3 for an unknown model or role."""
-    p = client.plan(ns.model, role=ns.role, priority=ns.priority, exclusive=ns.exclusive)
+    if [ns.model, ns.role, ns.vram].count(None) != 2:
+        err("gpulet plan: give a MODEL, --role ROLE or --vram MiB (one of them)")
+        return Exit.USAGE
+    p = client.plan(
+        ns.model, role=ns.role, priority=ns.priority, exclusive=ns.exclusive, vram_mb=ns.vram
+    )
     if ns.json:
         print_json(as_dict(p))
         return 0

@@ -483,11 +483,14 @@ class PlanRequest(_message.Message):
 
     MODEL_ID_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    VRAM_MB_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     EXCLUSIVE_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     role: _builtins.str
     """Resolved as Acquire resolves it (preferring a loaded model on ties)."""
+    vram_mb: _builtins.int
+    """A memory lease of this many MiB (as AcquireRequest.vram_mb)."""
     priority: _builtins.int
     exclusive: _builtins.bool
     def __init__(
@@ -495,14 +498,15 @@ class PlanRequest(_message.Message):
         *,
         model_id: _builtins.str = ...,
         role: _builtins.str = ...,
+        vram_mb: _builtins.int = ...,
         priority: _builtins.int = ...,
         exclusive: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "role", b"role", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "role", b"role", "target", b"target", "vram_mb", b"vram_mb"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclusive", b"exclusive", "model_id", b"model_id", "priority", b"priority", "role", b"role", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclusive", b"exclusive", "model_id", b"model_id", "priority", b"priority", "role", b"role", "target", b"target", "vram_mb", b"vram_mb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["model_id", "role"]  # noqa: Y015
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["model_id", "role", "vram_mb"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 

@@ -188,6 +188,7 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
                 role=request.role,
                 priority=request.priority,
                 exclusive=request.exclusive,
+                vram_mb=request.vram_mb,
             )
         except Refused as e:
             await fail(context, e)
