@@ -141,20 +141,22 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             buckets=RPC_BUCKETS,
             registry=registry,
         )
-        # One wrapped handler per method, made on its first call.
-        self._wrapped: dict[str, Handler] = {}
+        # One wrapped handler per handler of a server, made on its first call. Keyed by the
+        # server's own handler, not by the method name: a name alone could belong to another
+        # server sharing this interceptor (the admin socket's methods would then answer on
+        # the user socket).
+        self._wrapped: dict[Handler, Handler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
-        method = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
         handler = await continuation(handler_call_details)
         if handler is None:
             return None  # UNIMPLEMENTED, and a name the client chose: not counted
-        wrapped = self._wrapped[method] = _measured(handler, _Method(self, method, _kind(handler)))
+        wrapped = self._wrapped.get(handler)
+        if wrapped is None:
+            method = _Method(self, handler_call_details.method, _kind(handler))
+            wrapped = self._wrapped[handler] = _measured(handler, method)
         return wrapped

@@ -356,11 +356,10 @@ def build_admin_server(runtime: Runtime, daemon: Daemon) -> grpc.aio.Server:
     """A server of its own for AdminService, bound only to the admin socket (`admin_socket`):
     grpc serves every registered service on every port of a server, so sharing the user
     server would expose it on the user socket and on TCP."""
-    # Not the metrics interceptor: it caches each method's handler by name, made on the first
-    # call through it, so one instance shared with the user server would hand the user socket
-    # the admin handlers (and this socket the user ones) once called here. Admin RPCs are
-    # therefore not in the RPC metrics; their effects (leases ended, loads) are.
-    server = grpc.aio.server(interceptors=[DecodeGuard()])
+    # The metrics interceptor is shared with the user server: it keys what it wraps by each
+    # server's own handler, so neither server ever answers the other's methods
+    # (tests/system/test_admin.py calls the admin socket, then checks the user socket).
+    server = grpc.aio.server(interceptors=[daemon.metrics.interceptor, DecodeGuard()])
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminService(Admin(runtime, daemon.executor, daemon.leases)), server
     )

@@ -202,21 +202,20 @@ def _guard(h: Handler) -> Handler:
 
 class DecodeGuard(grpc.aio.ServerInterceptor):
     def __init__(self) -> None:
-        # One wrapped handler per method, made on its first call: the per-call cost is a
-        # dict lookup.
-        self._guarded: dict[str, Handler] = {}
+        # One wrapped handler per handler of a server, made on its first call: the per-call
+        # cost is a dict lookup. Keyed by the server's handler, not the method name, so that
+        # an interceptor shared by two servers never answers one's methods on the other.
+        self._guarded: dict[Handler, Handler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
-        method = handler_call_details.method
-        guarded = self._guarded.get(method)
-        if guarded is not None:
-            return guarded
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        guarded = self._guarded[method] = _guard(handler)
+        guarded = self._guarded.get(handler)
+        if guarded is None:
+            guarded = self._guarded[handler] = _guard(handler)
         return guarded
