@@ -63,11 +63,15 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gpuletd exited with {self.proc.returncode}:\n{self.output()}")
-            if self.socket.exists() and self.cli("roles").returncode == 0:
+            if self.socket.exists() and self.ready():
                 return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"gpuletd did not become ready:\n{self.output()}")
+
+    def ready(self) -> bool:
+        """Serving, as a user would see it: the CLI gets an answer."""
+        return self.cli("roles").returncode == 0
 
     def output(self) -> str:
         if self._final_output is not None:
