@@ -4,8 +4,8 @@ Named after go-grpc-prometheus (the convention most gRPC dashboards expect), wit
 `gpulet_grpc_server_started_total`, `gpulet_grpc_server_handled_total` (with `grpc_code`) and
 `gpulet_grpc_server_handling_seconds`.
 
-An aio interceptor only gets to choose the handler; it never sees the call's outcome. So, as
-`services/decoding.py` does, it returns the same handler with a wrapped behaviour that times
+An aio interceptor only gets to choose the handler; it never sees the call's outcome. So
+(`services/wrapping.py`) it returns the same handler with a wrapped behaviour that times
 the call and reads the code the servicer set (`context.code()`; an abort sets it too) when
 the behaviour ends. Unary calls are measured fully. Streaming calls are counted when they
 start and when they end (a stream is "handled" when its generator finishes, fails or is
@@ -20,19 +20,23 @@ and counting it would let any client mint series.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-__all__ = ["RPC_BUCKETS", "RpcMetricsInterceptor"]
+from gpuletd.services.wrapping import (
+    Behaviour,
+    Context,
+    Handler,
+    WrappingInterceptor,
+    is_async,
+    rebuilt,
+)
 
-Context = grpc.aio.ServicerContext[Any, Any]
-# The stubs make it generic; at run time it is not subscriptable.
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+__all__ = ["RPC_BUCKETS", "RpcMetricsInterceptor"]
 
 # Our unary RPCs answer from memory: sub-millisecond to a few ms; a Renew that waits on the
 # event loop behind a burst may take longer.
@@ -68,45 +72,42 @@ class _Method:
 
 
 def _measured(h: Handler, m: _Method) -> Handler:
-    inner: Any = h.stream_stream or h.stream_unary or h.unary_stream or h.unary_unary
-    is_gen = inspect.isasyncgenfunction(inner)
-    if not (is_gen or inspect.iscoroutinefunction(inner)):
+    if not is_async(h):
         return h  # a plain function grpc runs in a thread: left unmeasured (none of ours)
-    ser, des = h.response_serializer, h.request_deserializer
 
-    async def call(request: Any, context: Context) -> Any:
-        m.started.inc()
-        began, error = time.perf_counter(), None
-        try:
-            return await inner(request, context)
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            m.done(context, error, began)
+    def call(inner: Behaviour) -> Behaviour:
+        async def measured(request: Any, context: Context) -> Any:
+            m.started.inc()
+            began, error = time.perf_counter(), None
+            try:
+                return await inner(request, context)
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                m.done(context, error, began)
 
-    async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-        m.started.inc()
-        began, error = time.perf_counter(), None
-        responses = inner(request, context)
-        try:
-            async for r in responses:
-                yield r
-        except BaseException as e:
-            error = e
-            raise
-        finally:
-            # Closed here, so that the servicer's own cleanup runs when the call ends.
-            await responses.aclose()
-            m.done(context, error, began)
+        return measured
 
-    if h.request_streaming and h.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(stream if is_gen else call, des, ser)
-    if h.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(call, des, ser)
-    if h.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(stream if is_gen else call, des, ser)
-    return grpc.unary_unary_rpc_method_handler(call, des, ser)
+    def stream(inner: Behaviour) -> Behaviour:
+        async def measured(request: Any, context: Context) -> AsyncIterator[Any]:
+            m.started.inc()
+            began, error = time.perf_counter(), None
+            responses = inner(request, context)
+            try:
+                async for r in responses:
+                    yield r
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                # Closed here, so that the servicer's own cleanup runs when the call ends.
+                await responses.aclose()
+                m.done(context, error, began)
+
+        return measured
+
+    return rebuilt(h, call=call, stream=stream)
 
 
 def _kind(h: Handler) -> str:
@@ -115,7 +116,7 @@ def _kind(h: Handler) -> str:
     return "server_stream" if h.response_streaming else "unary"
 
 
-class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
+class RpcMetricsInterceptor(WrappingInterceptor):
     """Put it first in the server's interceptors so that it also counts the calls the ones
     after it answer themselves (DecodeGuard's INVALID_ARGUMENT)."""
 
@@ -141,22 +142,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             buckets=RPC_BUCKETS,
             registry=registry,
         )
-        # One wrapped handler per handler of a server, made on its first call. Keyed by the
-        # server's own handler, not by the method name: a name alone could belong to another
-        # server sharing this interceptor (the admin socket's methods would then answer on
-        # the user socket).
-        self._wrapped: dict[Handler, Handler] = {}
+        super().__init__()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None  # UNIMPLEMENTED, and a name the client chose: not counted
-        wrapped = self._wrapped.get(handler)
-        if wrapped is None:
-            method = _Method(self, handler_call_details.method, _kind(handler))
-            wrapped = self._wrapped[handler] = _measured(handler, method)
-        return wrapped
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        return _measured(handler, _Method(self, method, _kind(handler)))

@@ -14,22 +14,26 @@ requests that parsed, so they stay as they are; health and reflection are covere
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from gpuletd.services.errors import abort
+from gpuletd.services.wrapping import (
+    Behaviour,
+    Context,
+    Handler,
+    WrappingInterceptor,
+    behaviour,
+    is_async,
+    rebuilt,
+)
 
 __all__ = ["DecodeGuard", "Undecodable", "bad_utf8_field"]
-
-Context = grpc.aio.ServicerContext[Any, Any]
-# The stubs make it generic; at run time it is not subscriptable.
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 # Deeper than any of our requests nest; a hostile message nested further is just "malformed".
 _MAX_DEPTH = 32
@@ -139,18 +143,60 @@ async def _checked(requests: AsyncIterator[Any], context: Context) -> AsyncItera
         yield r
 
 
+def _refusing(inner: Behaviour) -> Behaviour:
+    async def call(request: Any, context: Context) -> Any:
+        if isinstance(request, Undecodable):
+            await request.refuse(context)
+        return await inner(request, context)
+
+    return call
+
+
+def _refusing_stream(inner: Behaviour) -> Behaviour:
+    async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+        if isinstance(request, Undecodable):
+            await request.refuse(context)
+        responses = inner(request, context)
+        try:
+            async for r in responses:
+                yield r
+        finally:
+            # Closed here, at once, so the servicer's own `finally` (an Acquire leaving the
+            # queue) runs when the call ends, not when the generator is collected.
+            await responses.aclose()
+
+    return stream
+
+
+def _checking(inner: Behaviour) -> Behaviour:
+    async def call(requests: AsyncIterator[Any], context: Context) -> Any:
+        return await inner(_checked(requests, context), context)
+
+    return call
+
+
+def _checking_stream(inner: Behaviour) -> Behaviour:
+    async def stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        responses = inner(_checked(requests, context), context)
+        try:
+            async for r in responses:
+                yield r
+        finally:
+            await responses.aclose()
+
+    return stream
+
+
 def _guard(h: Handler) -> Handler:
     """The same handler with a lenient deserializer and a behaviour that refuses what did not
     parse."""
     if h.request_deserializer is None:
         return h
     decode = _lenient(h.request_deserializer)
-    out = h.response_serializer
-    inner: Any = h.stream_stream or h.stream_unary or h.unary_stream or h.unary_unary
-    is_gen = inspect.isasyncgenfunction(inner)
-    if not (is_gen or inspect.iscoroutinefunction(inner)):
+    if not is_async(h):
         if h.request_streaming or h.response_streaming:
             return h  # no such handler here; left as grpc runs it
+        inner: Any = behaviour(h)
 
         # A plain function (health's List is the base class's "not implemented"): run where
         # grpc would run it, in a thread, once the request has parsed.
@@ -159,63 +205,12 @@ def _guard(h: Handler) -> Handler:
                 await request.refuse(context)
             return await asyncio.get_running_loop().run_in_executor(None, inner, request, context)
 
-        return grpc.unary_unary_rpc_method_handler(call_sync, decode, out)
-
-    if not h.request_streaming:
-
-        async def call(request: Any, context: Context) -> Any:
-            if isinstance(request, Undecodable):
-                await request.refuse(context)
-            return await inner(request, context)
-
-        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            if isinstance(request, Undecodable):
-                await request.refuse(context)
-            responses = inner(request, context)
-            try:
-                async for r in responses:
-                    yield r
-            finally:
-                # Closed here, at once, so the servicer's own `finally` (an Acquire leaving
-                # the queue) runs when the call ends, not when the generator is collected.
-                await responses.aclose()
-
-        if not h.response_streaming:
-            return grpc.unary_unary_rpc_method_handler(call, decode, out)
-        return grpc.unary_stream_rpc_method_handler(stream if is_gen else call, decode, out)
-
-    async def call_s(requests: AsyncIterator[Any], context: Context) -> Any:
-        return await inner(_checked(requests, context), context)
-
-    async def stream_s(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-        responses = inner(_checked(requests, context), context)
-        try:
-            async for r in responses:
-                yield r
-        finally:
-            await responses.aclose()
-
-    if not h.response_streaming:
-        return grpc.stream_unary_rpc_method_handler(call_s, decode, out)
-    return grpc.stream_stream_rpc_method_handler(stream_s if is_gen else call_s, decode, out)
+        return grpc.unary_unary_rpc_method_handler(call_sync, decode, h.response_serializer)
+    if h.request_streaming:
+        return rebuilt(h, call=_checking, stream=_checking_stream, deserializer=decode)
+    return rebuilt(h, call=_refusing, stream=_refusing_stream, deserializer=decode)
 
 
-class DecodeGuard(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
-        # One wrapped handler per handler of a server, made on its first call: the per-call
-        # cost is a dict lookup. Keyed by the server's handler, not the method name, so that
-        # an interceptor shared by two servers never answers one's methods on the other.
-        self._guarded: dict[Handler, Handler] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        guarded = self._guarded.get(handler)
-        if guarded is None:
-            guarded = self._guarded[handler] = _guard(handler)
-        return guarded
+class DecodeGuard(WrappingInterceptor):
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        return _guard(handler)
