@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/gpulet/v1/*.proto)
 GEN    := client
 
-.PHONY: venv proto proto-check lint test run bench clean install
+.PHONY: venv proto proto-check schema-check lint test run bench clean install
 
 venv: $(STAMP)
 
@@ -25,7 +25,11 @@ proto: $(STAMP)
 proto-check: $(STAMP)
 	$(BIN)/python tools/protogen.py --check $(GEN)
 
-lint: $(STAMP) proto-check
+# Fails when the committed JSON Schemas differ from what the config field specs give.
+schema-check: $(STAMP)
+	$(BIN)/python -m gpuletd.schema docs/schema --check
+
+lint: $(STAMP) proto-check schema-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -39,8 +43,10 @@ test: $(STAMP)
 run: $(STAMP)
 	$(BIN)/gpuletd $(ARGS)
 
+# Every benchmark (pure-core replay, core at scale, gpuletd against the real vramd from PyPI in
+# .bench/, RPC hot path), about ten minutes; the table goes to docs/benchmarks.md.
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --write docs/benchmarks.md
 
 # Installs the systemd unit and its files (not gpuletd itself: see docs/systemd.md). DESTDIR
 # stages into a directory and touches nothing else; the unit's ExecStart= becomes

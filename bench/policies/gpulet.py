@@ -1,19 +1,32 @@
 """gpulet itself: the real scheduler core, unchanged, under the built-in profile that matches
-the machine. Models are process backends so that the core measures their load times as the
-daemon would (StartBackend to healthy)."""
+the machine (or one of the example profiles shipped in deploy/profiles/). Models are process
+backends so that the core measures their load times as the daemon would (StartBackend to
+healthy)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
+from pathlib import Path
 
 from bench.workloads import Machine, Workload
+from gpuletd.config import load_config
 from gpuletd.probe.types import GpuSnapshot
 from gpuletd.profiles import BUILTIN_PROFILES, Profile
 from gpuletd.registry import Backend, Model
 from gpuletd.scheduler import Scheduler, Tuning, check_invariants
 from gpuletd.scheduler.events import PolicyEvents
 
-__all__ = ["gpulet_build", "gpulet_models"]
+__all__ = ["example_profile", "gpulet_build", "gpulet_models"]
+
+_EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "profiles"
+
+
+@cache
+def example_profile(name: str) -> Profile:
+    """A profile shipped in deploy/profiles/NAME.toml, read as the daemon reads it."""
+    config = load_config([_EXAMPLES / f"{name}.toml"])
+    return config.profiles[name]
 
 
 def gpulet_models(workload: Workload) -> dict[str, Model]:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from gpuletd.backends.engines import PRESETS, EngineError, check_settings
 from gpuletd.backends.placeholders import BackendConfigError, validate_process_model
 from gpuletd.bounds import MAX_NAME
-from gpuletd.config_errors import ConfigError, Location, SourceMap
+from gpuletd.config_errors import ConfigError, Location, SourceMap, read_config_text
 from gpuletd.config_fields import MODEL_FIELDS, PROFILE_FIELD_SPECS, Invalid
 from gpuletd.profiles import (
     BUILTIN_PROFILES,
@@ -29,10 +31,15 @@ from gpuletd.registry import Backend, Model, Registry
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "REQUIRED_PROFILE_FIELDS",
     "Config",
     "apply_overrides",
+    "check_profile",
     "config_paths",
+    "is_profile_path",
     "load_config",
+    "patch_profile_fields",
+    "profile_name_problem",
 ]
 
 DEFAULT_CONFIG = Path("/etc/gpulet/gpulet.toml")
@@ -73,6 +80,28 @@ class Config:
     max_lease_ttl_s: float = DEFAULT_MAX_LEASE_TTL_S
     files: tuple[str, ...] = ()
     user_profiles: frozenset[str] = field(default_factory=frozenset)
+
+
+def is_profile_path(item: str) -> bool:
+    """In a profile spec, a path rather than a name: it has a `/` or ends in .toml/.json
+    (`edge.json` in the working directory)."""
+    return "/" in item or item.lower().endswith((".toml", ".json"))
+
+
+def profile_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a profile, or None. One rule for `[profiles.NAME]`, a profile
+    file's `name` and a profile file's stem: a spec splits on commas and reads paths, and a
+    name is typed on command lines and in environment files, so such a name could never be
+    selected (or only with quoting nobody gets right in a unit file)."""
+    if not name:
+        return "may not be empty"
+    if len(name) > MAX_NAME:
+        return f"at most {MAX_NAME} characters, got {len(name)}"
+    if "," in name or is_profile_path(name):
+        return "may not contain ',' or '/' nor end in .toml or .json (those select profile files)"
+    if any(ch.isspace() or not ch.isprintable() for ch in name):
+        return "may not contain spaces or control characters"
+    return None
 
 
 def config_paths(explicit: str | None) -> list[Path]:
@@ -138,9 +167,18 @@ def _read_profile(name: str, table: Any, src: SourceMap) -> _ProfileDef:
                 )
         else:
             converted[key] = _convert(PROFILE_FIELD_SPECS, key, value, at, f"profile {name!r}")
+            if key == "engine":
+                _check_engine(converted[key], at, name)
     return _ProfileDef(
         name, MappingProxyType(converted), extends, where, src.at("profiles", name, "extends")
     )
+
+
+def _check_engine(settings: Mapping[str, Any], where: Location | str, name: str) -> None:
+    try:
+        check_settings(settings)
+    except EngineError as e:
+        raise ConfigError(where, f"profile {name!r}: field 'engine': {e}") from None
 
 
 def _read_model(model_id: str, table: Any, src: SourceMap) -> Model:
@@ -154,9 +192,16 @@ def _read_model(model_id: str, table: Any, src: SourceMap) -> Model:
     }
     if "vram_estimate_mb" not in values:
         raise ConfigError(where, f"{what}: missing field 'vram_estimate_mb' (an integer >= 1)")
-    backend = values.get("backend", Backend.RESERVATION)
-    if backend is Backend.PROCESS and "command" not in values:
-        raise ConfigError(where, f"{what}: backend 'process' needs field 'command'")
+    preset = values.get("engine") in PRESETS
+    # An engine with a preset is a server for the daemon to start: without this default a
+    # model naming `engine = "vllm"` would silently be a bare reservation.
+    backend = values.get("backend", Backend.PROCESS if preset else Backend.RESERVATION)
+    if backend is Backend.PROCESS and "command" not in values and not preset:
+        raise ConfigError(
+            where,
+            f"{what}: backend 'process' needs field 'command' or an engine with a preset "
+            f"({', '.join(PRESETS)})",
+        )
     values.setdefault("name", model_id)
     values.setdefault("quantization", "unknown")
     values.setdefault("role_priority", MappingProxyType({}))
@@ -171,7 +216,7 @@ def _read_model(model_id: str, table: Any, src: SourceMap) -> Model:
             field = next(
                 (
                     f
-                    for f in ("command", "health_url", "endpoint", "env")
+                    for f in ("command", "health_url", "endpoint", "env", "engine_settings")
                     if f in values and f in str(e)
                 ),
                 None,
@@ -205,7 +250,8 @@ class _Files:
         if "profile" in data:
             if not isinstance(data["profile"], str) or not data["profile"]:
                 raise ConfigError(src.at("profile"), "field 'profile': expected a profile name")
-            self.profile, self.profile_where = data["profile"], src.at("profile")
+            self.profile = _relative_to(data["profile"], Path(path).parent)
+            self.profile_where = src.at("profile")
         if "preload" in data:
             v = data["preload"]
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
@@ -235,6 +281,13 @@ class _Files:
             self.example_models = data["example_models"]
         for section, store in (("profiles", self.profiles), ("models", self.models)):
             tables = data.get(section, {})
+            if isinstance(tables, list):
+                one = "profile" if section == "profiles" else "model"
+                raise ConfigError(
+                    src.at(section),
+                    f"[[{section}]] is an array of tables; write each {one} as its own table "
+                    f"named by its {'name' if one == 'profile' else 'id'}: [{section}.NAME]",
+                )
             if not isinstance(tables, dict):
                 raise ConfigError(src.at(section), f"{section!r}: expected a table of tables")
             for name, table in tables.items():
@@ -253,9 +306,34 @@ class _Files:
                         f"{section[:-1]} {name!r} is defined twice (first at {first_where})",
                     )
                 if section == "profiles":
+                    problem = profile_name_problem(name)
+                    if problem is not None:
+                        raise ConfigError(
+                            src.at(section, name), f"profile name {name!r}: {problem}"
+                        )
                     self.profiles[name] = _read_profile(name, table, src)
                 else:
                     self.models[name] = (_read_model(name, table, src), src.at("models", name))
+
+
+def _relative_to(spec: str, folder: Path) -> str:
+    """A `profile =` spec with its relative paths made relative to the config file's folder:
+    the daemon's working directory (`/` under systemd) is no place to look for them."""
+    items = [s.strip() for s in spec.split(",")]
+    return ",".join(
+        str(folder / s) if s and is_profile_path(s) and not Path(s).is_absolute() else s
+        for s in items
+    )
+
+
+def patch_profile_fields(merged: dict[str, Any], fields: Mapping[str, Any]) -> None:
+    """A later layer's fields win; its `engine` table patches the earlier one key by key, so
+    `extends` can add `dtype` without restating the parent's other engine settings. The one
+    merge for every layering: `extends` in a config or a profile file, and combinations."""
+    for key, value in fields.items():
+        if key == "engine" and isinstance(merged.get(key), Mapping):
+            value = MappingProxyType({**merged[key], **value})
+        merged[key] = value
 
 
 def _resolve_profiles(defs: Mapping[str, _ProfileDef]) -> dict[str, Profile]:
@@ -263,6 +341,7 @@ def _resolve_profiles(defs: Mapping[str, _ProfileDef]) -> dict[str, Profile]:
     fields that profile sets itself (all of them, for a built-in); then its own fields.
     Without `extends` the table is a whole profile and must set every field."""
     resolved: dict[str, dict[str, Any]] = {}
+    chains: dict[str, tuple[str, ...]] = {}
     in_progress: list[str] = []
 
     def full(name: str, asked_by: _ProfileDef) -> dict[str, Any]:
@@ -283,12 +362,22 @@ def _resolve_profiles(defs: Mapping[str, _ProfileDef]) -> dict[str, Profile]:
             raise ConfigError(d.extends_where, f"profile {name!r}: extends forms a cycle ({chain})")
         in_progress.append(name)
         merged: dict[str, Any] = {}
+        layers: list[str] = []
         for i, parent in enumerate(d.extends):
-            merged.update(full(parent, d) if i == 0 else own(parent, d))
-        merged.update(d.fields)
+            patch_profile_fields(merged, full(parent, d) if i == 0 else own(parent, d))
+            if i > 0:
+                layers.append(parent)
+            elif parent in chains:
+                layers.extend(chains[parent])
+            else:
+                # A built-in; named apart when the user profile replacing it extends it.
+                layers.append(parent if parent != name else f"{parent} (built-in)")
+        layers.append(name)
+        chains[name] = tuple(layers)
+        patch_profile_fields(merged, d.fields)
         merged.setdefault("description", f"user profile from {d.where.file}")
         in_progress.pop()
-        missing = [f for f in PROFILE_FIELDS if f not in merged and f not in _OPTIONAL]
+        missing = [f for f in REQUIRED_PROFILE_FIELDS if f not in merged]
         if missing:
             raise ConfigError(
                 d.where,
@@ -308,21 +397,33 @@ def _resolve_profiles(defs: Mapping[str, _ProfileDef]) -> dict[str, Profile]:
     out = dict(BUILTIN_PROFILES)
     for name, d in defs.items():
         values = full(name, d)
-        profile = Profile(name=name, **{k: v for k, v in values.items() if k in PROFILE_FIELDS})
-        _check_profile(profile, d.where)
+        profile = Profile(
+            name=name,
+            layer_names=chains[name],
+            own_fields=frozenset(d.fields) if d.extends else None,
+            **{k: v for k, v in values.items() if k in PROFILE_FIELDS},
+        )
+        check_profile(profile, d.where)
         out[name] = profile
     return out
 
 
-# Fields a whole profile may leave out: they have defaults on `Profile`.
-_OPTIONAL = frozenset({"description", "gpu_count", "tensor_parallel_threshold_mb", "headroom_mb"})
+# Fields a whole profile may leave out: those with a default on `Profile`.
+REQUIRED_PROFILE_FIELDS: tuple[str, ...] = tuple(
+    f.name
+    for f in dataclass_fields(Profile)
+    if f.name in PROFILE_FIELDS
+    and f.default is MISSING
+    and f.default_factory is MISSING
+    and f.name != "description"
+)
 
 
 def _builtin_fields(name: str) -> dict[str, Any]:
     return profile_values(BUILTIN_PROFILES[name])
 
 
-def _check_profile(p: Profile, where: Location | str) -> None:
+def check_profile(p: Profile, where: Location | str) -> None:
     if (
         p.strategy is Strategy.TENSOR_PARALLEL_OR_DISTRIBUTED
         and p.tensor_parallel_threshold_mb is None
@@ -332,6 +433,7 @@ def _check_profile(p: Profile, where: Location | str) -> None:
             f"profile {p.name!r}: strategy 'tensor_parallel_or_distributed' needs field "
             "'tensor_parallel_threshold_mb' (an integer >= 0)",
         )
+    _check_engine(p.engine, where, p.name)
 
 
 def _example_registry() -> list[tuple[Model, Location]]:
@@ -347,11 +449,7 @@ def load_config(paths: Iterable[Path], *, texts: Sequence[tuple[str, str]] = ())
     files = _Files()
     read: list[str] = []
     for p in paths:
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(Location(str(p)), f"cannot read config: {e.strerror}") from None
-        files.read(str(p), text)
+        files.read(str(p), read_config_text(p))
         read.append(str(p))
     for name, text in texts:
         files.read(name, text)
@@ -394,7 +492,10 @@ def apply_overrides(profile: Profile, sets: Sequence[str]) -> Profile:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw.strip()
+        if key.startswith("engine."):
+            # `--set engine.dtype=bf16` patches one engine setting, keeping the others.
+            key, value = "engine", {**changes.get("engine", profile.engine), key[7:]: value}
         changes[key] = _convert(PROFILE_FIELD_SPECS, key, value, Location(where), "override")
     out = replace(profile, **changes)
-    _check_profile(out, "--set")
+    check_profile(out, "--set")
     return out

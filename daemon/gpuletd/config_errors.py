@@ -6,7 +6,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ConfigError", "Location", "SourceMap"]
+__all__ = [
+    "ConfigError",
+    "Location",
+    "ProfileFileError",
+    "ProfileSpecError",
+    "SourceMap",
+    "UnknownProfileName",
+    "read_config_text",
+]
 
 
 @dataclass(frozen=True)
@@ -27,7 +35,37 @@ class ConfigError(Exception):
         self.message = message
 
 
-_HEADER = re.compile(r"^\s*\[(?!\[)\s*(?P<key>[^\]]+?)\s*\]")
+class ProfileSpecError(ConfigError):
+    """A `--profile` / GPULET_DEPLOYMENT_PROFILE / `profile =` value that names no profile."""
+
+
+class UnknownProfileName(ProfileSpecError):
+    """A name that is neither built in nor defined in the config; the message lists the known."""
+
+
+class ProfileFileError(ProfileSpecError):
+    """A profile file that cannot be read or is not a valid profile: file, line, field."""
+
+
+def read_config_text(path: Path, error: type[ConfigError] = ConfigError) -> str:
+    """A configuration file's text; one that cannot be read or is not UTF-8 names the file
+    (and the line of the first bad byte) instead of raising a traceback."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise error(Location(str(path)), f"cannot read file: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise error(
+            Location(str(path), line),
+            f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); save the file "
+            "as UTF-8",
+        ) from None
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*(?P<key>[^\]]+?)\s*\]")
 _KEY = re.compile(r"""^\s*(?P<key>"[^"]*"|'[^']*'|[A-Za-z0-9_.\-"' ]+?)\s*=""")
 
 
@@ -53,7 +91,9 @@ class SourceMap:
         for n, line in enumerate(text.splitlines(), start=1):
             if m := _HEADER.match(line):
                 table = _split_key(m.group("key"))
-                self._lines.setdefault(table, n)
+                # `[a.b]` (or `[[a]]`) also defines `a` here when nothing named it earlier.
+                for end in range(1, len(table) + 1):
+                    self._lines.setdefault(table[:end], n)
             elif m := _KEY.match(line):
                 self._lines.setdefault(table + _split_key(m.group("key")), n)
 

@@ -6,8 +6,13 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
-__all__ = ["Backend", "Model", "Registry"]
+__all__ = ["ENGINES", "Backend", "Model", "Registry", "WeightClass"]
+
+# Engine names a model may give; anything else is a typo, not a new engine: an engine the
+# daemon has no preset for is "custom".
+ENGINES = ("vllm", "llama.cpp", "sglang", "tgi", "ollama", "comfyui", "custom")
 
 
 class Backend(enum.Enum):
@@ -15,6 +20,13 @@ class Backend(enum.Enum):
     RESERVATION = "reservation"
     # A serving process the daemon starts, health-checks and stops.
     PROCESS = "process"
+
+
+class WeightClass(enum.Enum):
+    # Counted against the profile's `max_heavy_models`.
+    HEAVY = "heavy"
+    # Never counted, whatever its size.
+    LIGHT = "light"
 
 
 @dataclass(frozen=True)
@@ -31,11 +43,23 @@ class Model:
     health_url: str | None = None
     endpoint: str | None = None
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # A regex (checked at config load) searched in each line of the backend's output: the
+    # first match marks it ready, without waiting for the next health check.
+    ready_log_pattern: str | None = None
     # GPU pinning: indexes or UUIDs the model may be placed on (empty: anywhere).
     gpus: tuple[str, ...] = ()
     # Per-model overrides of the profile's timers.
     autostart_timeout_seconds: float | None = None
     grace_period_seconds: float | None = None
+    # Heavy or light for the profile's `max_heavy_models`; None: by the profile's
+    # `heavy_threshold_mb`.
+    weight_class: WeightClass | None = None
+    # The serving engine: a known one gets a launch preset (backends/engines.py) built from
+    # its placement; "custom" runs `command` as written.
+    engine: str = "custom"
+    # This model's engine settings (dtype, max_model_len, ...); they patch the profile's
+    # `engine` table key by key.
+    engine_settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from gpuletd.backends import (
     reap_leftovers,
     reap_orphans,
 )
+from gpuletd.backends.engines import Placement
 from gpuletd.backends.strays import kill_processes, marked_processes
 from gpuletd.executor import BackendDied, BackendOutcome, Loaded, LoadFailed, Unloaded
 from gpuletd.probe.poller import ProbePoller
@@ -79,9 +80,14 @@ class Supervisor:
         backends: ProcessBackend | None = None,
         stop_grace_s: float = 10.0,
         mark: str | None = None,
+        load_times: Callable[[str], float | None] | None = None,
     ) -> None:
         """`mark`: the value of GPULET_BACKEND_OF this daemon's backends carry (its state dir);
-        with it, `recover` also stops marked processes that no record names."""
+        with it, `recover` also stops marked processes that no record names.
+
+        `load_times(model_id)`: the load time learnt for a model (the core's), around which a
+        start's health checks are fastest. Without it: the footprint saved in the store, else
+        the last load this supervisor saw."""
         self._rt = runtime
         self._outcomes = outcomes
         self._store = store
@@ -96,6 +102,8 @@ class Supervisor:
         self._frozen = False
         self._reaper: asyncio.Task[None] | None = None
         self._mark = mark
+        self._load_times = load_times
+        self._seen_load_s: dict[str, float] = {}
 
     @property
     def poller(self) -> ProbePoller:
@@ -270,7 +278,12 @@ class Supervisor:
         timeout = self._autostart_s(model) - (time.time() - record.spawned_at)
         try:
             try:
-                await self._backends.wait_healthy(rb, max(timeout, 1.0))
+                await self._backends.wait_healthy(
+                    rb,
+                    max(timeout, 1.0),
+                    expected_load_s=self._expected_load_s(rb.model_id),
+                    ready_log_pattern=model.ready_log_pattern if model is not None else None,
+                )
             except Exception as e:
                 if self._running.get(rb.model_id) is rb:
                     del self._running[rb.model_id]
@@ -300,6 +313,18 @@ class Supervisor:
         t = model.autostart_timeout_seconds if model is not None else None
         return self._rt.profile.autostart_timeout_seconds if t is None else t
 
+    def _expected_load_s(self, model_id: str) -> float | None:
+        if self._load_times is not None:
+            return self._load_times(model_id)
+        if self._store is not None:
+            try:
+                footprint = self._store.footprints().get(model_id)
+            except StoreError:
+                footprint = None
+            if footprint is not None and footprint.load_seconds is not None:
+                return footprint.load_seconds
+        return self._seen_load_s.get(model_id)
+
     def _persist(self, record: BackendRecord) -> None:
         if self._store is None:
             return
@@ -324,6 +349,16 @@ class Supervisor:
         # Workers found later (and so their escapees) must be in the record a successor reads.
         rb.add_record_callback(self._persist)
 
+    def _placement(self, d: StartBackend) -> Placement:
+        """What an engine preset needs beyond the GPUs: the shares, the GPUs' sizes (for the
+        memory fraction) and the active profile's engine table."""
+        totals = {g.uuid: g.total_mb for g in self._rt.gpus}
+        return Placement(
+            gpu_reservations_mb=d.gpu_reservations_mb,
+            gpu_totals_mb=tuple(totals.get(u) for u in d.gpu_uuids),
+            profile_engine=self._rt.profile.engine,
+        )
+
     async def _start(self, d: StartBackend) -> None:
         model = self._rt.registry.get(d.model_id)
         try:
@@ -339,6 +374,8 @@ class Supervisor:
                     timeout_s=self._autostart_s(model),
                     log_dir=self._log_dir,
                     on_spawn=self._persist,
+                    expected_load_s=self._expected_load_s(d.model_id),
+                    placement=self._placement(d),
                 )
             except asyncio.CancelledError:
                 self._forget(d.model_id)
@@ -349,6 +386,8 @@ class Supervisor:
                 self._report(LoadFailed(d.model_id, str(e) or repr(e)))
                 return
             self._watch(rb)
+            if rb.load_seconds is not None:
+                self._seen_load_s[d.model_id] = rb.load_seconds
             measured = await self._measure(rb)
             self._persist(rb.record)
             log.info("backend.ready", model=d.model_id, pid=rb.pid, measured_mb=measured)

@@ -24,6 +24,7 @@ import pytest
 from gpuletd.backends import (
     BackendCrashedDuringStart,
     BackendRecord,
+    BackendStartTimeout,
     ExitStatus,
     ProcessBackend,
     adopt,
@@ -114,6 +115,9 @@ class Detached:
         self._pid_files.append(pid_file)
         command = (sys.executable, str(SERVER), "--port", str(port), "--model", model_id)
         command += ("--pid-file", str(pid_file), *server_args)
+        # Before the spawn, as the daemon records it: the server's start delay runs from its
+        # own start, so a later stamp would make a prompt readiness look shorter than it was.
+        spawned_at = time.time()
         out = subprocess.run(
             [sys.executable, "-c", DETACH, str(log), *command],
             capture_output=True,
@@ -136,7 +140,7 @@ class Detached:
             command=command,
             log_path=log,
             log_offset=offset,
-            spawned_at=time.time(),
+            spawned_at=spawned_at,
             healthy=False,
             members=(),
         )
@@ -307,6 +311,34 @@ async def test_an_adopted_backend_that_crashes_while_loading_fails_with_its_log(
     assert "earlier output" not in message
     assert caught.value.exit_code is None
     assert live_group_members(record.pid) == []
+
+
+async def test_an_adopted_loading_backend_is_ready_by_a_line_it_wrote_while_no_daemon_ran(
+    detached: Detached,
+) -> None:
+    # Never healthy, so only its log can make it ready: the line was written before it was
+    # adopted, into the log its record names.
+    record = await detached.start("--never-healthy")
+    backend = adopt(record)
+    assert backend is not None
+
+    await ProcessBackend().wait_healthy(backend, 10.0, ready_log_pattern=r"^warming up$")
+
+    assert backend.healthy and backend.record.healthy
+    await backend.stop()
+
+
+async def test_an_adopted_backend_is_not_ready_by_an_earlier_start_in_its_log(
+    detached: Detached,
+) -> None:
+    record = await detached.start("--never-healthy")
+    backend = adopt(record)
+    assert backend is not None
+
+    with pytest.raises(BackendStartTimeout) as caught:
+        await ProcessBackend().wait_healthy(backend, 1.0, ready_log_pattern="earlier output")
+
+    assert "no line of its output matched ready_log_pattern 'earlier output'" in str(caught.value)
 
 
 async def test_reap_leftovers_kills_what_is_left_of_a_dead_leader(detached: Detached) -> None:

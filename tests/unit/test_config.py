@@ -146,12 +146,12 @@ grace_period_seconds = 5
         (
             '[profiles.p]\nextends = "development"\nmax_vram_mb = "lots"\n',
             "gpulet.toml:3",
-            "field 'max_vram_mb': expected an integer >= 0, got string 'lots'",
+            "field 'max_vram_mb': expected an integer >= 0 and <= 1099511627776, got string 'lots'",
         ),
         (
             '[profiles.p]\nextends = "development"\n\nmax_vram_mb = -100\n',
             "gpulet.toml:4",
-            "expected an integer >= 0, got integer -100",
+            "expected an integer >= 0 and <= 1099511627776, got integer -100",
         ),
         (
             '[profiles.p]\nextends = "development"\nstrategy = "fastest"\n',
@@ -166,7 +166,7 @@ grace_period_seconds = 5
         (
             '[profiles.p]\nextends = "development"\nmax_concurrent_models = true\n',
             "gpulet.toml:3",
-            "expected an integer >= 1, got boolean True",
+            "expected an integer >= 1 and <= 2147483647, got boolean True",
         ),
         ('[profiles.p]\nextends = "nope"\n', "gpulet.toml:2", "extends unknown profile 'nope'"),
         ('[profiles.a]\nextends = "b"\n[profiles.b]\nextends = "a"\n', "gpulet.toml:", "cycle"),
@@ -186,8 +186,75 @@ grace_period_seconds = 5
         (
             '[profiles.p]\nextends = "development"\ngrace_period_seconds = nan\n',
             "gpulet.toml:3",
-            "expected a finite number of seconds >= 0",
+            "expected a finite number of seconds >= 0 and <= 3.1536e+07",
         ),
+        # Too large for the API's integer fields: refused here, not later by every RPC that
+        # returns them ("Value out of range").
+        (
+            '[profiles.p]\nextends = "development"\nmax_vram_mb = 9223372036854775807\n',
+            "gpulet.toml:3",
+            "field 'max_vram_mb': expected an integer >= 0 and <= 1099511627776",
+        ),
+        (
+            '[profiles.p]\nextends = "development"\nmax_concurrent_models = 2147483648\n',
+            "gpulet.toml:3",
+            "field 'max_concurrent_models': expected an integer >= 1 and <= 2147483647",
+        ),
+        (
+            "[models.m]\nvram_estimate_mb = 10\n\nrole_priority = { caption = 2147483648 }\n",
+            "gpulet.toml:4",
+            "role 'caption'",
+        ),
+        (
+            "[models.m]\nvram_estimate_mb = 18446744073709551616\n",
+            "gpulet.toml:2",
+            "field 'vram_estimate_mb': expected an integer >= 1 and <= 1099511627776",
+        ),
+        (
+            '[profiles.p]\nextends = "development"\ngrace_period_seconds = 1e300\n',
+            "gpulet.toml:3",
+            "field 'grace_period_seconds'",
+        ),
+        (
+            '# models\n[[models]]\nid = "m"\nvram_estimate_mb = 10\n',
+            "gpulet.toml:2",
+            "[[models]] is an array of tables",
+        ),
+        (
+            '\n[[profiles]]\nname = "p"\n',
+            "gpulet.toml:2",
+            "[[profiles]] is an array of tables",
+        ),
+        ("\n\n[colour.sub]\nx = 1\n", "gpulet.toml:3", "unknown top-level key 'colour'"),
+        ('\n[profiles."a,b"]\nextends = "development"\n', "gpulet.toml:2", "may not contain ','"),
+        ('[profiles."edge.json"]\nextends = "development"\n', "gpulet.toml:1", "profile name"),
+        (
+            '[profiles."my edge"]\nextends = "development"\n',
+            "gpulet.toml:1",
+            "may not contain spaces",
+        ),
+        (
+            '[profiles.p]\nextends = "development"\n\nengine = { args = "--x" }\n',
+            "gpulet.toml:4",
+            "field 'engine': engine setting 'args': expected an array of strings",
+        ),
+        (
+            '[profiles.p]\nextends = "development"\nengine = { executable = "" }\n',
+            "gpulet.toml:3",
+            "engine setting 'executable'",
+        ),
+        (
+            '[profiles.p]\nextends = "development"\n[profiles.p.engine]\n'
+            "gpu_memory_utilization = 1.5\n",
+            "gpulet.toml:3",
+            "'gpu_memory_utilization': expected a fraction of the GPU in (0, 1]",
+        ),
+        (
+            '[profiles.p]\nextends = "development"\nengine = { port = 8000 }\n',
+            "gpulet.toml:3",
+            "may not set 'port'",
+        ),
+        ("\n[[colour]]\nx = 1\n", "gpulet.toml:2", "unknown top-level key 'colour'"),
         (
             '[models.m]\nvram_estimate_mb = 10\nbackend = "process"\n'
             'command = ["srv", "--port", "{prot}"]\n',
@@ -257,3 +324,89 @@ def test_a_model_id_longer_than_the_api_takes_is_refused_with_its_line() -> None
     with pytest.raises(ConfigError) as e:
         load_config([], texts=[("big.toml", text)])
     assert "big.toml:1" in str(e.value) and "at most 256" in str(e.value)
+
+
+def test_layer_names_follow_the_extends_chain_base_first() -> None:
+    text = """
+[profiles.mid]
+extends = "balanced_24gb"
+max_concurrent_models = 3
+[profiles.top]
+extends = ["mid", "generous_96gb"]
+tags = ["lab"]
+[profiles.balanced_24gb]
+extends = "balanced_24gb"
+grace_period_seconds = 5
+[profiles.whole]
+max_vram_mb = 1000
+max_concurrent_models = 1
+preferred_quantizations = []
+strategy = "load_unload"
+autostart_timeout_seconds = 10
+grace_period_seconds = 0
+model_selection_bias = "balanced"
+"""
+    profiles = load_config([], texts=[("gpulet.toml", text)]).profiles
+    # balanced_24gb is replaced by a user profile that extends the built-in one.
+    base = ("balanced_24gb (built-in)", "balanced_24gb")
+    assert profiles["mid"].layer_names == (*base, "mid")
+    assert profiles["top"].layer_names == (*base, "mid", "generous_96gb", "top")
+    assert profiles["top"].tags == ("lab",)
+    assert profiles["top"].own_fields == frozenset({"tags"})
+    assert profiles["balanced_24gb"].layer_names == base
+    assert profiles["mid"].grace_period_seconds == 5
+    assert profiles["whole"].layer_names == ("whole",)
+    assert profiles["whole"].own_fields is None
+    assert profiles["development"].layer_names == ("development",)
+
+
+def test_metadata_fields_are_read_and_checked() -> None:
+    text = (
+        '[profiles.p]\nextends = "development"\ncategory = "cloud"\nuse_case = "batch"\n'
+        'recommended_for = ["ci"]\n'
+    )
+    p = load_config([], texts=[("gpulet.toml", text)]).profiles["p"]
+    assert (p.category and p.category.value, p.use_case, p.recommended_for) == (
+        "cloud",
+        "batch",
+        ("ci",),
+    )
+    msg = error_of('[profiles.p]\nextends = "development"\ncategory = "datacenter"\n')
+    assert msg.startswith("gpulet.toml:3: profile 'p': field 'category': expected one of 'edge'")
+
+
+def test_a_config_file_that_is_not_utf8_names_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "gpulet.toml"
+    f.write_bytes(b'profile = "development"\n# caf\xe9\n')
+    with pytest.raises(ConfigError) as e:
+        load_config([f])
+    assert str(e.value).startswith(f"{f}:2: not UTF-8 text (byte 0xe9")
+
+
+def test_engine_settings_set_on_the_command_line_are_checked() -> None:
+    with pytest.raises(ConfigError, match="engine setting 'enforce_eager': expected true or false"):
+        apply_overrides(BUILTIN_PROFILES["development"], ["engine.enforce_eager=yes"])
+
+
+def test_extends_patches_the_engine_table_key_by_key() -> None:
+    c = load_config(
+        [],
+        texts=[
+            (
+                "gpulet.toml",
+                '[profiles.base]\nextends = "development"\n'
+                'engine = { dtype = "bf16", max_model_len = 4096 }\n'
+                '[profiles.top]\nextends = "base"\nengine = { dtype = "fp16" }\n',
+            )
+        ],
+    )
+    assert dict(c.profiles["top"].engine) == {"dtype": "fp16", "max_model_len": 4096}
+
+
+def test_a_relative_profile_path_in_a_config_is_relative_to_its_folder(tmp_path: Path) -> None:
+    cfg = tmp_path / "etc" / "gpulet.toml"
+    cfg.parent.mkdir()
+    cfg.write_text('profile = "balanced_24gb, ./p.json,edge.toml,/abs/q.json"\n')
+    c = load_config([cfg])
+    folder = cfg.parent
+    assert c.profile == f"balanced_24gb,{folder / 'p.json'},{folder / 'edge.toml'},/abs/q.json"

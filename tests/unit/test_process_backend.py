@@ -34,6 +34,7 @@ from gpuletd.backends import (
     validate_placeholders,
     validate_process_model,
 )
+from gpuletd.backends.engines import DERIVED_PLACEHOLDERS
 from gpuletd.backends.logs import LogRing
 from gpuletd.registry import Backend, Model
 
@@ -490,10 +491,11 @@ def test_placeholders_are_expanded_everywhere() -> None:
     assert launch.health_url == "http://127.0.0.1:8123/ready"
     assert launch.endpoint == "http://127.0.0.1:8123/v1"  # the default
     assert launch.env == {"DEVICES": ",".join(GPUS), "UUIDS": ",".join(GPUS)}
+    # The engine placeholders (docs/engines.md) come on top of the placement's own.
     assert set(PLACEHOLDERS) == {"port", "model", "gpu_uuids", "cuda_visible_devices"} | {
         "gpu_count",
         "host",
-    }
+    } | set(DERIVED_PLACEHOLDERS)
 
 
 def test_json_arguments_need_no_escaping_and_double_braces_are_literal() -> None:

@@ -16,7 +16,13 @@ decisions must respect what the shell can see:
   loaded or loading, but at most `bypass_limit` times against a blocked head when that delays
   it; the invariants check that bound. See docs/scheduling.md.)
 - a late or duplicate backend event changes nothing (returns no decision);
-- at the end, once clients let go and time passes, no request is left pending.
+- at the end, once clients let go and time passes, no request is left pending (no starvation,
+  whatever the patience and bypass limits).
+
+Issue 8's rules are covered by two more setups (seed 003's heavy cap, and idle unload only
+under pressure with a heavy cap) and by the patience limit (0, 30 s, 300 s): `check_invariants`
+holds the core to the heavy cap, and to every patient request's bound (begun once, at most
+`patience_max_s`, never past its deadline, with a wakeup by its end).
 
 Two rules change the core under the shell's feet, as the daemon does: a restart (snapshot,
 JSON, restore; only when no request is pending, since pending requests die with the daemon)
@@ -32,13 +38,13 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from gpuletd.probe.types import GpuSnapshot, GpuState
-from gpuletd.profiles import BUILTIN_PROFILES, Profile
-from gpuletd.registry import Backend, Model
+from gpuletd.profiles import BUILTIN_PROFILES, IdleUnload, Profile
+from gpuletd.registry import Backend, Model, WeightClass
 from gpuletd.scheduler import (
     Decision,
     Granted,
@@ -65,7 +71,9 @@ from gpuletd.scheduler import (
 from tests.fakes.snapshots import snapshot
 
 
-def _model(mid: str, mb: int, gpus: tuple[str, ...] = ()) -> Model:
+def _model(
+    mid: str, mb: int, gpus: tuple[str, ...] = (), weight: WeightClass | None = None
+) -> Model:
     return Model(
         id=mid,
         name=mid,
@@ -74,6 +82,7 @@ def _model(mid: str, mb: int, gpus: tuple[str, ...] = ()) -> Model:
         vram_estimate_mb=mb,
         role_priority={"caption": 1},
         gpus=gpus,
+        weight_class=weight,
     )
 
 
@@ -86,7 +95,8 @@ REGISTRY = {
         _model("siglip", 2600),
         _model("gpt-oss-20b", 13800),
         _model("tiny-a", 800),
-        _model("tiny-b", 1200),
+        # Heavy by its own class, though small (the others by the profiles' threshold).
+        _model("tiny-b", 1200, weight=WeightClass.HEAVY),
         _model("mid-c", 5000),
         _model("pinned-1", 3000, gpus=("1",)),
     )
@@ -103,6 +113,30 @@ REGISTRIES: list[dict[str, Model]] = [
 ]
 LINGER = st.sampled_from([0.0, 0.0, 0.5, 3.0])
 
+# The built-in profiles, and issue 8's rules on top of them: seed 003's heavy cap
+# (deploy/profiles/seed003_16gb.toml) and idle unload only under pressure.
+PROFILES: dict[str, Profile] = {
+    **BUILTIN_PROFILES,
+    "seed003_16gb": dataclasses.replace(
+        BUILTIN_PROFILES["constrained_16gb"],
+        name="seed003_16gb",
+        max_vram_mb=15872,
+        headroom_mb=512,
+        max_concurrent_models=2,
+        max_heavy_models=1,
+        heavy_threshold_mb=8192,
+    ),
+    "pressure_24gb": dataclasses.replace(
+        BUILTIN_PROFILES["balanced_24gb"],
+        name="pressure_24gb",
+        max_concurrent_models=3,
+        grace_period_seconds=30,
+        idle_unload=IdleUnload.PRESSURE,
+        max_heavy_models=1,
+        heavy_threshold_mb=10000,
+    ),
+}
+
 SETUPS: list[tuple[str, tuple[int, ...]]] = [
     ("constrained_16gb", (16384,)),
     ("balanced_24gb", (24576,)),
@@ -110,6 +144,8 @@ SETUPS: list[tuple[str, tuple[int, ...]]] = [
     ("generous_96gb", (98304,)),
     ("development", ()),
     ("development", (12288,)),
+    ("seed003_16gb", (16384,)),
+    ("pressure_24gb", (24576,)),
 ]
 
 
@@ -175,6 +211,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         preload=st.lists(st.sampled_from(MODEL_IDS), max_size=3, unique=True),
         queue_limit=st.sampled_from([4, 256]),
         bypass_limit=st.sampled_from([0, 1, 3]),
+        patience=st.sampled_from([0.0, 30.0, 300.0]),
+        learnt=st.booleans(),
     )
     def setup(
         self,
@@ -183,15 +221,19 @@ class SchedulerMachine(RuleBasedStateMachine):
         preload: list[str],
         queue_limit: int,
         bypass_limit: int,
+        patience: float,
+        learnt: bool,
     ) -> None:
         name, self.totals = setup
-        self.profile = BUILTIN_PROFILES[name]
+        self.profile = PROFILES[name]
         self.foreign = foreign if self.totals else 0
         gpus = [
             snapshot(i, t, t - self.foreign, at=0.0, state=GpuState.OK)
             for i, t in enumerate(self.totals)
         ]
-        self.tuning = Tuning(bypass_limit=bypass_limit, aging_interval_s=20.0)
+        self.tuning = Tuning(
+            bypass_limit=bypass_limit, aging_interval_s=20.0, patience_max_s=patience
+        )
         self.preload, self.queue_limit = preload, queue_limit
         self.sched = Scheduler(
             self.profile,
@@ -201,6 +243,10 @@ class SchedulerMachine(RuleBasedStateMachine):
             preload=preload,
             tuning=self.tuning,
         )
+        if learnt:
+            # Footprints measured by an earlier run: loads of these may share a GPU.
+            for mid, m in REGISTRY.items():
+                self.sched.learn(mid, measured_mb=m.vram_estimate_mb)
         self.apply(self.sched.start(self.now))
 
     # -- the shell's view of decisions -------------------------------------------------------
@@ -526,13 +572,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.apply(self.sched.start(self.now))
 
     @rule(
-        name=st.sampled_from(sorted(BUILTIN_PROFILES)),
+        name=st.sampled_from(sorted(PROFILES)),
         registry=st.sampled_from(range(len(REGISTRIES))),
         preload=st.lists(st.sampled_from(MODEL_IDS), max_size=2, unique=True),
     )
     def reconfigure(self, name: str, registry: int, preload: list[str]) -> None:
         self.profile, self.registry, self.preload = (
-            BUILTIN_PROFILES[name],
+            PROFILES[name],
             REGISTRIES[registry],
             preload,
         )
@@ -559,6 +605,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 problems.append(f"inherited ceilings went up: {before} -> {now}")
             elif any(mb > before.gpu_mb.get(u, -1) for u, mb in now.gpu_mb.items()):
                 problems.append(f"inherited GPU ceilings went up: {before} -> {now}")
+            elif now.heavy is not None and (before.heavy is None or now.heavy > before.heavy):
+                problems.append(f"inherited heavy ceiling went up: {before} -> {now}")
         self.inherited, self.may_inherit = now, False
         assert not problems, "\n".join(problems)
 
@@ -593,3 +641,71 @@ SchedulerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestSchedulerProperties = SchedulerMachine.TestCase
+
+
+# -- patience, alone: its bound is kept whatever is leased ---------------------------------------
+
+
+@given(
+    big=st.lists(st.integers(6000, 9000), min_size=1, max_size=2),
+    small=st.lists(st.integers(1000, 3000), min_size=1, max_size=3),
+    extra=st.floats(0.01, 1.0),
+    release_small=st.booleans(),
+    patience=st.sampled_from([5.0, 30.0]),
+    deadline=st.sampled_from([None, 20.0, 100.0]),
+)
+@settings(max_examples=150, deadline=None)
+def test_a_patient_request_evicts_by_its_bound_if_nothing_cheaper_came(
+    big: list[int],
+    small: list[int],
+    extra: float,
+    release_small: bool,
+    patience: float,
+    deadline: float | None,
+) -> None:
+    """Idle big models and leased small ones on one GPU, and a request that needs room: either
+    it evicts at once, or it waits patiently no longer than `patience_max_s` (and its
+    deadline), and, with the leases still held, evicts when its patience ends."""
+    sizes = [*big, *small]
+    prof = dataclasses.replace(BUILTIN_PROFILES["balanced_24gb"], max_concurrent_models=6)
+    usable = min(prof.max_vram_mb, 24576 - prof.headroom_mb)
+    assume(sum(sizes) < usable)
+    # Evicting any one of them makes room.
+    newcomer = usable - sum(sizes) + max(1, int(extra * min(small)))
+    models = {f"m{i}": _model(f"m{i}", mb) for i, mb in enumerate(sizes)}
+    models["new"] = _model("new", newcomer)
+    s = Scheduler(
+        prof,
+        models,
+        [snapshot(0, 24576, at=0.0)],
+        tuning=Tuning(patience_max_s=patience, patience_horizon_s=600.0),
+    )
+    s.start(0.0)
+    now = 0.0
+    for i in range(len(sizes)):
+        now += 1.0
+        out = s.request(f"r{i}", f"m{i}", now=now, ttl_s=1000.0)
+        if any(isinstance(d, StartBackend) for d in out):
+            s.load_succeeded(f"m{i}", now=now)
+    for i in range(len(sizes)):
+        if i < len(big) or release_small:
+            s.release(f"r{i}", now=now)
+    now += 1.0
+    out = s.request("x", "new", now=now, deadline=None if deadline is None else now + deadline)
+    assert check_invariants(s) == []
+    entry = next((q for q in s.queue() if q.request_id == "x"), None)
+    if entry is None or entry.patient_until is None:
+        event("evicted at once")
+        assert any(isinstance(d, StopBackend) for d in out)
+        return
+    event("patient")
+    # Patient: no eviction yet, and the bound holds.
+    assert not any(isinstance(d, StopBackend) for d in out)
+    assert entry.patient_until - now <= patience + 1e-9
+    if entry.deadline is not None:
+        assert entry.patient_until <= entry.deadline
+    due = s.next_wakeup()
+    assert due is not None and due <= entry.patient_until
+    out = s.tick(entry.patient_until)
+    assert any(isinstance(d, StopBackend) and d.reason is StopReason.EVICTED for d in out), out
+    assert check_invariants(s) == []

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from tenacity import AsyncRetrying, retry_if_result, stop_never, wait_exponential
+from gpuletd.backends.schedule import PollSchedule
 
 __all__ = ["HealthProbe", "check_health", "probe_health", "wait_healthy"]
 
@@ -73,41 +74,26 @@ async def check_health(url: str, timeout_s: float = _ATTEMPT_TIMEOUT_S) -> bool:
     return (await probe_health(url, timeout_s=timeout_s)).ok
 
 
-def _not_ok(probe: HealthProbe) -> bool:
-    return not probe.ok
-
-
 async def wait_healthy(
     url: str,
     *,
-    first_interval_s: float = 0.02,
-    max_interval_s: float = 1.0,
+    schedule: PollSchedule | None = None,
+    started_at: float | None = None,
     on_probe: Callable[[HealthProbe], None] | None = None,
 ) -> HealthProbe:
-    """Poll `url` until it answers 2xx: after 20 ms at first, growing 1.5x up to every second.
+    """Poll `url` until it answers 2xx, as often as `schedule` says for the time since
+    `started_at` (monotonic; default: now), one request at a time.
 
-    Fast at first because a small model is ready in well under a second and every wasted
-    interval is GPU time nobody uses. Growth 1.5x rather than 2x: the lag between becoming
-    healthy and being noticed stays under about half the time spent so far instead of up to
-    all of it (ready at 0.6 s is seen at ~0.65 s, not ~1.3 s). Capped at a second because a
-    70B load takes minutes and polling faster would only load the server. No deadline here:
-    the caller bounds the wait (it races this against the process exiting). `on_probe` sees
-    every attempt, so that a caller that gives up can say what the last one saw.
+    No deadline here: the caller bounds the wait (it races this against the process exiting
+    and other readiness signals). `on_probe` sees every attempt, so that a caller that gives
+    up can say what the last one saw.
     """
-
-    async def attempt() -> HealthProbe:
+    schedule = schedule or PollSchedule()
+    since = time.monotonic() if started_at is None else started_at
+    while True:
         probe = await probe_health(url)
         if on_probe is not None:
             on_probe(probe)
-        return probe
-
-    retrying = AsyncRetrying(
-        wait=wait_exponential(
-            multiplier=first_interval_s, min=first_interval_s, max=max_interval_s, exp_base=1.5
-        ),
-        retry=retry_if_result(_not_ok),
-        stop=stop_never,
-        reraise=True,
-    )
-    probe: HealthProbe = await retrying(attempt)
-    return probe
+        if probe.ok:
+            return probe
+        await asyncio.sleep(schedule.interval(time.monotonic() - since))

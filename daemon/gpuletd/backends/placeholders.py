@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from gpuletd.backends import engines
+from gpuletd.backends.engines import DERIVED_PLACEHOLDERS, PRESETS, SETTING_KEYS, Placement
 from gpuletd.registry import Backend, Model
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "BackendConfigError",
     "Launch",
     "PlaceholderValues",
+    "Placement",
     "expand",
     "expand_launch",
     "validate_placeholders",
@@ -42,6 +45,7 @@ PLACEHOLDERS: Mapping[str, str] = MappingProxyType(
         "cuda_visible_devices": "the CUDA_VISIBLE_DEVICES value (same as gpu_uuids)",
         "gpu_count": "how many GPUs the model was placed on",
         "host": f"the address to listen on and to reach it ({LOOPBACK_HOST})",
+        **DERIVED_PLACEHOLDERS,
     }
 )
 
@@ -68,6 +72,8 @@ class PlaceholderValues:
     model: str
     gpu_uuids: tuple[str, ...]
     host: str = LOOPBACK_HOST
+    # The reservation and GPU sizes behind the memory share, and the profile's engine table.
+    placement: Placement = field(default_factory=Placement)
 
     def as_mapping(self) -> dict[str, str]:
         uuids = ",".join(self.gpu_uuids)
@@ -95,18 +101,45 @@ def _unknown(name: str, model_id: str, where: str) -> BackendConfigError:
     known = ", ".join("{" + k + "}" for k in sorted(PLACEHOLDERS))
     return BackendConfigError(
         f"model {model_id!r}: unknown placeholder {{{name}}} in {where}; "
-        f"known placeholders are {known} (write {{{{{name}}}}} for a literal {{{name}}})"
+        f"known placeholders are {known}, and any engine setting such as {{dtype}} "
+        f"(write {{{{{name}}}}} for a literal {{{name}}})"
     )
 
 
-def expand(template: str, values: Mapping[str, str], *, model_id: str, where: str) -> str:
-    """Fill the placeholders of one string; an unknown one raises `BackendConfigError`."""
+def _no_value(name: str, model_id: str, where: str) -> BackendConfigError:
+    if name in SETTING_KEYS or name not in PLACEHOLDERS:
+        why = f"neither the model's engine_settings nor the profile's engine table sets {name!r}"
+    else:
+        why = "the placed GPUs' total memory is not known" if "memory" in name else "no GPU"
+    return BackendConfigError(
+        f"model {model_id!r}: placeholder {{{name}}} in {where} has no value for this start: {why}"
+    )
+
+
+def _known_names(model: Model) -> set[str]:
+    """Names a template may use: the daemon's own, the settings some preset knows, and
+    whatever the model's own engine_settings define."""
+    return {*PLACEHOLDERS, *SETTING_KEYS, *model.engine_settings}
+
+
+def expand(
+    template: str,
+    values: Mapping[str, str],
+    *,
+    model_id: str,
+    where: str,
+    known: frozenset[str] | set[str] = frozenset(),
+) -> str:
+    """Fill the placeholders of one string; an unknown one raises `BackendConfigError`, and
+    so does a `known` one that has no value for this start."""
 
     def substitute(match: re.Match[str]) -> str:
         escaped, name = match.group(1), match.group(2)
         if escaped is not None:
             return "{" + escaped + "}"
         if name not in values:
+            if name in known:
+                raise _no_value(name, model_id, where)
             raise _unknown(name, model_id, where)
         return values[name]
 
@@ -124,12 +157,22 @@ def _templates(model: Model) -> list[tuple[str, str]]:
     return fields
 
 
+def _args_templates(model: Model) -> list[tuple[str, str]]:
+    extra = model.engine_settings.get("args", ())
+    if isinstance(extra, str):
+        return []
+    return [
+        (f"engine_settings.args[{i}] {a!r}", a) for i, a in enumerate(extra) if isinstance(a, str)
+    ]
+
+
 def validate_placeholders(model: Model) -> None:
     """Raise `BackendConfigError` (a `ValueError`) naming the first unknown placeholder."""
-    for where, template in _templates(model):
+    known = _known_names(model)
+    for where, template in _templates(model) + _args_templates(model):
         for match in _PLACEHOLDER_RE.finditer(template):
             name = match.group(2)
-            if name is not None and name not in PLACEHOLDERS:
+            if name is not None and name not in known:
                 raise _unknown(name, model.id, where)
 
 
@@ -144,11 +187,18 @@ def validate_process_model(model: Model) -> None:
             f"model {model.id!r} has backend {model.backend.value!r}, not 'process': "
             "it has no process to start"
         )
-    if not model.command or not model.command[0]:
+    if model.engine not in PRESETS and (not model.command or not model.command[0]):
         raise BackendConfigError(
             f"model {model.id!r} has backend 'process' but no command: set "
-            'command = ["server", "--port", "{port}", ...] in its registry entry'
+            'command = ["server", "--port", "{port}", ...] in its registry entry, or an '
+            f"engine with a preset ({', '.join(PRESETS)})"
         )
+    if model.command and not model.command[0]:
+        raise BackendConfigError(f"model {model.id!r}: command[0] (the program) is empty")
+    try:
+        engines.check_model_settings(model)
+    except engines.EngineError as e:
+        raise BackendConfigError(f"model {model.id!r}: engine_settings: {e}") from None
     validate_placeholders(model)
     for key in model.env:
         if key in DAEMON_ENV or key.startswith(_DAEMON_ENV_PREFIX):
@@ -161,6 +211,7 @@ def validate_process_model(model: Model) -> None:
             continue
         # Check the shape with placeholders filled by stand-ins: `{port}` is not a valid port.
         sample = PlaceholderValues(port=1, model=model.id, gpu_uuids=("GPU-0",)).as_mapping()
+        sample = {k: sample.get(k, "1") for k in _known_names(model)}
         parts = urlsplit(expand(url, sample, model_id=model.id, where=name))
         if name == "health_url" and parts.scheme not in ("http", "https"):
             raise BackendConfigError(
@@ -172,17 +223,67 @@ def validate_process_model(model: Model) -> None:
             )
 
 
+def _mapping(
+    model: Model, values: PlaceholderValues, settings: Mapping[str, object]
+) -> dict[str, str]:
+    """Every placeholder with a value for this start. The daemon's own values win over a
+    setting of the same name: a profile's `tensor_parallel_size` does not beat the placement."""
+    # The defaults the presets use, so that a custom command means the same by them.
+    out = {"weights": model.name, "served_model_name": model.id}
+    for key, value in settings.items():
+        if key.isidentifier():
+            try:
+                out[key] = engines.setting_text(key, value)
+            except engines.EngineError as e:
+                raise BackendConfigError(f"model {model.id!r}: {e}") from None
+    try:
+        out.update(engines.derived_values(model, values.gpu_uuids, values.placement))
+    except engines.EngineError as e:
+        raise BackendConfigError(f"model {model.id!r}: {e}") from None
+    out.update(values.as_mapping())
+    return out
+
+
 def expand_launch(model: Model, values: PlaceholderValues) -> Launch:
-    """Fill a validated process model's command, health URL, endpoint and env."""
-    mapping = values.as_mapping()
+    """Fill a validated process model's command, health URL, endpoint and env; a model with
+    an engine preset and no `command` gets the preset's command, health URL and endpoint."""
+    settings = engines.merged_settings(values.placement.profile_engine, model)
+    mapping = _mapping(model, values, settings)
+    known = _known_names(model)
 
     def fill(template: str, where: str) -> str:
-        return expand(template, mapping, model_id=model.id, where=where)
+        return expand(template, mapping, model_id=model.id, where=where, known=known)
 
-    command = tuple(fill(arg, f"command[{i}] {arg!r}") for i, arg in enumerate(model.command))
+    preset = PRESETS.get(model.engine)
+    try:
+        if model.command or preset is None:
+            command = tuple(
+                fill(arg, f"command[{i}] {arg!r}") for i, arg in enumerate(model.command)
+            )
+        else:
+            built, extra = engines.preset_command(
+                model,
+                settings,
+                host=values.host,
+                port=values.port,
+                gpu_count=len(values.gpu_uuids),
+                derived=mapping,
+            )
+            command = (
+                *built,
+                *(fill(a, f"engine_settings.args[{i}] {a!r}") for i, a in enumerate(extra)),
+            )
+        env = engines.preset_env(
+            model, settings, host=values.host, port=values.port, derived=mapping
+        )
+    except engines.EngineError as e:
+        raise BackendConfigError(f"model {model.id!r}: {e}") from None
+    health = DEFAULT_HEALTH_URL if preset is None else "http://{host}:{port}" + preset.health_path
+    endpoint = DEFAULT_ENDPOINT if preset is None else "http://{host}:{port}" + preset.endpoint_path
+    env.update({k: fill(v, f"env[{k!r}]") for k, v in model.env.items()})
     return Launch(
         command=command,
-        health_url=fill(model.health_url or DEFAULT_HEALTH_URL, "health_url"),
-        endpoint=fill(model.endpoint or DEFAULT_ENDPOINT, "endpoint"),
-        env=MappingProxyType({k: fill(v, f"env[{k!r}]") for k, v in model.env.items()}),
+        health_url=fill(model.health_url or health, "health_url"),
+        endpoint=fill(model.endpoint or endpoint, "endpoint"),
+        env=MappingProxyType(env),
     )

@@ -4,7 +4,8 @@
 Memory is counted twice and the smaller wins (design.md, "Lessons"):
 
     available(gpu) = min(live free - headroom,
-                         total - headroom - sum(reservations placed there) - pending frees)
+                         total - headroom - foreign - sum(reservations placed there)
+                         - pending frees)
 
 The live term comes from the last reading when it is OK (a STALE GPU is judged by accounting
 alone, a LOST one is never used), except when that reading predates the last unload on the GPU
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gpuletd.probe.types import GpuState
+from gpuletd.profiles import IdleUnload
 from gpuletd.registry import Backend
 from gpuletd.scheduler.decisions import ModelState
 from gpuletd.scheduler.eviction import Candidate, FutureView, Plan, plan_room, reload_cost
@@ -43,6 +45,7 @@ __all__ = [
     "grace_due",
     "grace_s",
     "held_on",
+    "idle_until",
     "in_flux",
     "load_due",
     "load_estimate_s",
@@ -64,6 +67,7 @@ class Hypothesis:
     added_shares: Mapping[str, int] | None = None
     added_total: int = 0
     removed: frozenset[str] = frozenset()
+    added_heavy: bool = False
 
 
 def gpu_infos(st: State) -> list[GpuInfo]:
@@ -119,16 +123,43 @@ def _live_term(st: State, g: GpuRecord) -> int | None:
 
 def available_now(st: State, g: GpuRecord) -> int:
     assert g.total_mb is not None
+    # Memory others hold counts here too, not only through the reading: a reading taken
+    # before our last load shows that load's memory as free, and with little headroom a
+    # second load placed on that reading alone would overcommit the GPU.
     accounted = (
-        g.total_mb - st.profile.headroom_mb - held_on(st, g.uuid) - sum(p.mb for p in g.pending)
+        g.total_mb
+        - st.profile.headroom_mb
+        - g.foreign_mb
+        - held_on(st, g.uuid)
+        - sum(p.mb for p in g.pending)
     )
     live = _live_term(st, g)
     return accounted if live is None else min(accounted, live)
 
 
-def _locked(st: State) -> set[str]:
-    """GPUs with a load under way: nothing else is placed there until it ends."""
-    return {u for r in instances(st) if r.state is ModelState.LOADING for u in r.gpu_uuids}
+def _locked(st: State, rec: ModelRecord, share_mb: int, room: Mapping[str, int]) -> set[str]:
+    """GPUs with a load under way where another may not start. Nothing else is placed there
+    until it ends, unless memory there is certain: every model loading there, and this one,
+    has a footprint measured on an earlier load (a first load may take more than its estimate
+    while warming up, and two such would each see the other's memory appear); the GPU reads
+    OK with no freed memory still to show; and with this load too, `concurrent_load_margin_mb`
+    stays free there beyond the headroom."""
+    loading = [r for r in instances(st) if r.state is ModelState.LOADING]
+    busy = {u for r in loading for u in r.gpu_uuids}
+    margin = st.tuning.concurrent_load_margin_mb
+    if margin is None or not busy:
+        return busy
+    if rec.measured_mb is None:
+        return busy
+    unsure = {u for r in loading if r.measured_mb is None for u in r.gpu_uuids}
+    return {
+        u
+        for u in busy
+        if u in unsure
+        or st.gpus[u].state is not GpuState.OK
+        or st.gpus[u].pending
+        or room.get(u, 0) - share_mb < margin
+    }
 
 
 def place_now(st: State, rec: ModelRecord, nd: Need | None = None) -> tuple[str, ...] | None:
@@ -141,10 +172,13 @@ def place_now(st: State, rec: ModelRecord, nd: Need | None = None) -> tuple[str,
         return None
     if sum(r.reserved_mb for r in active) + nd.total_mb > st.profile.max_vram_mb:
         return None
+    cap = st.profile.max_heavy_models
+    if nd.heavy and cap is not None and sum(r.heavy for r in active) + 1 > cap:
+        return None
     room = {
         u: available_now(st, g) for u, g in st.gpus.items() if not g.lost and g.total_mb is not None
     }
-    return best_fit(nd, room, _locked(st))
+    return best_fit(nd, room, _locked(st, rec, nd.share_mb, room))
 
 
 def reuse_per_s(st: State, rec: ModelRecord, wanted: set[str]) -> float:
@@ -180,6 +214,7 @@ def future_view(st: State, hypo: Hypothesis | None = None) -> FutureView:
         room[u] = g.total_mb - st.profile.headroom_mb - g.foreign_mb
     slots = 0
     budget = 0
+    heavies = 0
     candidates: list[Candidate] = []
     want = wanted(st)
     for r in instances(st):
@@ -189,26 +224,34 @@ def future_view(st: State, hypo: Hypothesis | None = None) -> FutureView:
             continue
         slots += 1
         budget += r.reserved_mb
+        heavies += r.heavy
         for u, mb in r.shares.items():
             if u in room:
                 room[u] -= mb
+        load_s, rate = load_estimate_s(st, r), reuse_per_s(st, r, want)
         candidates.append(
             Candidate(
                 model_id=r.model.id,
                 gpu_shares=dict(r.shares),
                 reserved_mb=r.reserved_mb,
-                cost=reload_cost(load_estimate_s(st, r), reuse_per_s(st, r, want)),
+                cost=reload_cost(load_s, rate),
                 pinned=r.state is ModelState.LOADING or bool(r.leases),
+                heavy=r.heavy,
+                load_s=load_s,
+                rate=rate,
             )
         )
     if hypo.added_id is not None:
         slots += 1
         budget += hypo.added_total
+        heavies += hypo.added_heavy
         shares = dict(hypo.added_shares or {})
         for u, mb in shares.items():
             if u in room:
                 room[u] -= mb
-        candidates.append(Candidate(hypo.added_id, shares, hypo.added_total, 0.0, True))
+        candidates.append(
+            Candidate(hypo.added_id, shares, hypo.added_total, 0.0, True, hypo.added_heavy)
+        )
     return FutureView(
         room=room,
         slots_used=slots,
@@ -216,6 +259,8 @@ def future_view(st: State, hypo: Hypothesis | None = None) -> FutureView:
         candidates=candidates,
         slot_limit=st.profile.max_concurrent_models,
         budget_limit=st.profile.max_vram_mb,
+        heavy_used=heavies,
+        heavy_limit=st.profile.max_heavy_models,
     )
 
 
@@ -226,11 +271,15 @@ def plan(
     cache = st.plan_cache if hypo is None else None
     if cache is not None and key in cache:
         return cache[key]
+    # The look-ahead is for the victims actually chosen, not for "what would it wait for".
+    ahead = st.tuning.eviction_lookahead and not allow_pinned and hypo is None
     found = plan_room(
         need(st, rec),
         future_view(st, hypo),
         allow_pinned=allow_pinned,
         exact_limit=st.tuning.exact_eviction_limit,
+        lookahead=ahead,
+        added_load_s=load_estimate_s(st, rec) if ahead else 0.0,
     )
     if cache is not None:
         cache[key] = found
@@ -254,10 +303,21 @@ def autostart_s(st: State, rec: ModelRecord) -> float:
     return st.profile.autostart_timeout_seconds if t is None else t
 
 
-def grace_due(st: State, rec: ModelRecord) -> float | None:
+def idle_until(st: State, rec: ModelRecord) -> float | None:
+    """When an idle model's grace period ends; None when it is not idle or kept warm."""
     if rec.state is not ModelState.LOADED or rec.leases or rec.keep_warm or rec.idle_since is None:
         return None
     return rec.idle_since + grace_s(st, rec)
+
+
+def grace_due(st: State, rec: ModelRecord) -> float | None:
+    """When the clock alone unloads an idle model. Under `idle_unload = "pressure"` never:
+    past its grace it stays until its room is wanted (`timers.foreign_pressure`, eviction)."""
+    if rec.state is not ModelState.LOADED or rec.idle_since is None or rec.leases:
+        return None
+    if st.profile.idle_unload is IdleUnload.PRESSURE:
+        return None
+    return idle_until(st, rec)
 
 
 def load_due(st: State, rec: ModelRecord) -> float | None:

@@ -30,6 +30,8 @@ from gpuletd.scheduler.decisions import (
     StopReason,
 )
 from gpuletd.scheduler.drain import sweep, tighten
+from gpuletd.scheduler.patience import hold_off
+from gpuletd.scheduler.placement import Need
 from gpuletd.scheduler.queue import PendingRequest
 from gpuletd.scheduler.records import ModelRecord
 from gpuletd.scheduler.state import MEMORY_PREFIX, State, instance
@@ -46,12 +48,15 @@ class _Head:
 
     `need`: models it needs gone (or, if `exclusive_wait`, the model whose leases it waits
     out): a new lease on one of them is a *delaying bypass*, allowed `bypass_limit` times.
-    `blockers`: the pinned models among them; a later load must not add to this set."""
+    `blockers`: the pinned models among them; a later load must not add to this set.
+    `soon`: it waits only for memory on its way back (an unload, a load ending): a later
+    load on the GPU it will go to would hold that GPU's load lock just when its room is back."""
 
     req: PendingRequest
     need: frozenset[str]
     blockers: frozenset[str]
     exclusive_wait: bool
+    soon: bool = False
 
 
 def settle(st: State, out: list[Decision]) -> None:
@@ -145,7 +150,7 @@ def _serve(
     gpus = place_now(st, rec, nd)
     if gpus is not None:
         shares = {u: nd.share_mb for u in gpus}
-        if head is None or not _delays(st, head, mid, shares, nd.total_mb, frozenset()):
+        if head is None or not _delays(st, head, nd, shares, frozenset()):
             start_load(st, rec, nd, gpus, out)
             join(st, req, rec, out)
             load_blocked.discard(mid)
@@ -155,7 +160,9 @@ def _serve(
     if found is not None and found.victims:
         shares = {u: nd.share_mb for u in found.gpu_uuids}
         victims = frozenset(found.victims)
-        if head is None or not _delays(st, head, mid, shares, nd.total_mb, victims):
+        if head is None or not _delays(st, head, nd, shares, victims):
+            if hold_off(st, req, rec, found.victims):
+                return True
             for vid in found.victims:
                 victim = instance(st, vid)
                 assert victim is not None
@@ -171,7 +178,12 @@ def _make_head(st: State, req: PendingRequest, rec: ModelRecord) -> _Head:
     found = plan(st, rec, allow_pinned=True)
     if found is None:
         return _Head(req, frozenset(), frozenset(), exclusive_wait=False)
-    return _Head(req, frozenset(found.victims), found.pinned_victims, exclusive_wait=False)
+    # Not in backoff nor waiting for a retired instance: those waits are long, and holding
+    # every later load off the GPU for them would stall it for nothing.
+    soon = not found.pinned_victims and rec.backoff_until <= st.now and mid not in st.retired
+    return _Head(
+        req, frozenset(found.victims), found.pinned_victims, exclusive_wait=False, soon=soon
+    )
 
 
 def _may_bypass(st: State, head: _Head | None, model_id: str) -> bool:
@@ -188,18 +200,31 @@ def _may_bypass(st: State, head: _Head | None, model_id: str) -> bool:
 def _delays(
     st: State,
     head: _Head,
-    added_id: str,
+    added: Need,
     shares: dict[str, int],
-    total_mb: int,
     removed: frozenset[str],
 ) -> bool:
-    """Would loading `added_id` (after evicting `removed`) make the head wait on more leased
-    or loading models than it already does?"""
+    """Would loading `added` (after evicting `removed`) make the head wait on more leased or
+    loading models than it already does, or hold the load lock of a GPU the head goes to?
+    The latter pushes the head back by the load's time: never allowed while the head only
+    waits for memory on its way back (`soon`); otherwise it is a delaying bypass, like a new
+    lease on a model the head needs gone (`bypass_limit`). Requests and preloads alike: a
+    preload allowed where a request for the same model was not would start a load that
+    request joins in the next pass, with nothing having happened in between."""
     if head.exclusive_wait:
         return False
-    hypo = Hypothesis(added_id, shares, total_mb, removed)
+    hypo = Hypothesis(added.model_id, shares, added.total_mb, removed, added.heavy)
     found = plan(st, st.models[head.req.model_id], allow_pinned=True, hypo=hypo)
-    return found is None or not found.pinned_victims <= head.blockers
+    if found is None or not found.pinned_victims <= head.blockers:
+        return True
+    if not set(shares) & set(found.gpu_uuids):
+        return False
+    if head.soon:
+        return True
+    if head.req.bypassed < st.tuning.bypass_limit:
+        head.req.bypassed += 1
+        return False
+    return True
 
 
 def _pump_preloads(st: State, head: _Head | None, out: list[Decision]) -> None:
@@ -220,10 +245,12 @@ def _pump_preloads(st: State, head: _Head | None, out: list[Decision]) -> None:
         gpus = place_now(st, rec, nd)
         if gpus is not None:
             shares = {u: nd.share_mb for u in gpus}
-            if head is None or not _delays(st, head, mid, shares, nd.total_mb, frozenset()):
+            if head is None or not _delays(st, head, nd, shares, frozenset()):
                 st.preload_wanted.remove(mid)
                 start_load(st, rec, nd, gpus, out)
-            continue
+                continue
+            # Deferred for the head: the preloads after it wait their turn too (see below).
+            break
         found = plan(st, rec, allow_pinned=False)
         if found is None or found.victims:
             # Preloading never evicts: it is a wish, not a request.
@@ -235,3 +262,8 @@ def _pump_preloads(st: State, head: _Head | None, out: list[Decision]) -> None:
                     f"limit {p.max_concurrent_models} models / {p.max_vram_mb} MiB",
                 )
             )
+            continue
+        # It fits once memory on its way back is free: the preloads after it wait their turn,
+        # or one started now could take that room, and a later pass would skip this one with
+        # nothing having happened in between.
+        break

@@ -15,7 +15,7 @@ from dataclasses import fields
 from types import MappingProxyType
 from typing import Any
 
-from gpuletd.registry import Backend, Model
+from gpuletd.registry import Backend, Model, WeightClass
 
 __all__ = [
     "Json",
@@ -125,10 +125,10 @@ def get_opt_time(obj: Json, key: str, path: str) -> float | None:
 
 
 def _to_json(v: object) -> object:
-    if isinstance(v, Backend):
+    if isinstance(v, Backend | WeightClass):
         return v.value
     if isinstance(v, Mapping):
-        return {str(k): x for k, x in v.items()}
+        return {str(k): list(x) if isinstance(x, tuple) else x for k, x in v.items()}
     if isinstance(v, tuple):
         return list(v)
     if isinstance(v, float):
@@ -165,6 +165,29 @@ def _backend(v: object, path: str) -> Backend:
         raise _fail(path, "a backend kind", v) from None
 
 
+def _weight_class(v: object, path: str) -> WeightClass | None:
+    if v is None:
+        return None
+    try:
+        return WeightClass(v)
+    except ValueError:
+        raise _fail(path, "'heavy', 'light' or null", v) from None
+
+
+def _settings(v: object, path: str) -> Mapping[str, object]:
+    # Engine settings: scalars, or arrays of scalars (kept as tuples, as the config has them).
+    if not isinstance(v, dict):
+        raise _fail(path, "an object", v)
+    return MappingProxyType(
+        {
+            str(k): tuple(_scalar(y, f"{path}.{k}") for y in x)
+            if isinstance(x, list)
+            else _scalar(x, f"{path}.{k}")
+            for k, x in v.items()
+        }
+    )
+
+
 def _scalar(v: object, path: str) -> object:
     if v is None or isinstance(v, str | int | float | bool):
         return v
@@ -180,6 +203,8 @@ _FROM_JSON = {
     "command": _str_tuple,
     "gpus": _str_tuple,
     "vram_estimate_mb": as_int,
+    "weight_class": _weight_class,
+    "engine_settings": _settings,
 }
 
 

@@ -298,6 +298,16 @@ class Scheduler:
         return self._st.tuning.bypass_limit
 
     @property
+    def concurrent_load_margin_mb(self) -> int | None:
+        """None: one load per GPU at a time; else loads share a GPU with this much to spare."""
+        return self._st.tuning.concurrent_load_margin_mb
+
+    @property
+    def patience_max_s(self) -> float:
+        """The longest a request may hold off an eviction for a cheaper one (patience)."""
+        return self._st.tuning.patience_max_s
+
+    @property
     def inherited(self) -> Inherited | None:
         """Use above the profile's limits left by a reconfigure or restore, being drained
         (None: the profile's limits hold). Its ceilings only go down."""

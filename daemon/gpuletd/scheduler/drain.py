@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import fields
 
+from gpuletd.profiles import Profile
 from gpuletd.registry import Model
 from gpuletd.scheduler.accounting import changed, held_on, load_estimate_s, reuse_per_s, wanted
 from gpuletd.scheduler.decisions import Decision, ModelState, StopReason
@@ -91,7 +92,11 @@ def _retire(st: State, out: list[Decision]) -> None:
             stop(st, rec, StopReason.RETIRED, f"{rec.retired}; stopped once unleased", out)
 
 
-def _over(st: State, recs: list[ModelRecord]) -> tuple[bool, bool, set[str]]:
+def _heavy_over(p: Profile, heavies: int) -> bool:
+    return p.max_heavy_models is not None and heavies > p.max_heavy_models
+
+
+def _over(st: State, recs: list[ModelRecord]) -> tuple[bool, bool, set[str], bool]:
     p = st.profile
     over_gpus = set()
     for u, g in st.gpus.items():
@@ -104,6 +109,7 @@ def _over(st: State, recs: list[ModelRecord]) -> tuple[bool, bool, set[str]]:
         len(recs) > p.max_concurrent_models,
         sum(r.reserved_mb for r in recs) > p.max_vram_mb,
         over_gpus,
+        _heavy_over(p, sum(r.heavy for r in recs)),
     )
 
 
@@ -111,8 +117,8 @@ def _drain(st: State, out: list[Decision]) -> None:
     p = st.profile
     # What will still hold memory once the unloads under way are done.
     staying = [r for r in instances(st) if r.state in (ModelState.LOADING, ModelState.LOADED)]
-    over_count, over_mb, over_gpus = _over(st, staying)
-    if not (over_count or over_mb or over_gpus):
+    over_count, over_mb, over_gpus, over_heavy = _over(st, staying)
+    if not (over_count or over_mb or over_gpus or over_heavy):
         return
     want = wanted(st)
     idle = [r for r in staying if r.state is ModelState.LOADED and not r.leases]
@@ -120,9 +126,9 @@ def _drain(st: State, out: list[Decision]) -> None:
         key=lambda r: (reload_cost(load_estimate_s(st, r), reuse_per_s(st, r, want)), r.model.id)
     )
     for rec in idle:
-        if not (over_count or over_mb or over_gpus):
+        if not (over_count or over_mb or over_gpus or over_heavy):
             break
-        if not (over_count or over_mb or over_gpus & set(rec.shares)):
+        if not (over_count or over_mb or over_gpus & set(rec.shares) or (over_heavy and rec.heavy)):
             continue
         message = (
             f"profile {p.name} allows {p.max_concurrent_models} model(s) and "
@@ -130,15 +136,16 @@ def _drain(st: State, out: list[Decision]) -> None:
         )
         stop(st, rec, StopReason.RECONFIGURED, message, out)
         staying.remove(rec)
-        over_count, over_mb, over_gpus = _over(st, staying)
+        over_count, over_mb, over_gpus, over_heavy = _over(st, staying)
 
 
-def _in_use(st: State) -> tuple[int, int, dict[str, int]]:
+def _in_use(st: State) -> tuple[int, int, dict[str, int], int]:
     holding = [r for r in instances(st) if r.holds_memory]
     return (
         sum(r.reserved_mb for r in holding),
         len(holding),
         {u: held_on(st, u) for u in st.gpus},
+        sum(r.heavy for r in holding),
     )
 
 
@@ -151,16 +158,18 @@ def _caps(st: State) -> dict[str, int]:
 def inherit(st: State) -> None:
     """After a profile change: record how far what holds memory exceeds the new limits."""
     p = st.profile
-    mb, count, per_gpu = _in_use(st)
+    mb, count, per_gpu, heavies = _in_use(st)
     caps = _caps(st)
     gpu_over = {u: held for u, held in per_gpu.items() if u in caps and held > caps[u]}
-    if mb <= p.max_vram_mb and count <= p.max_concurrent_models and not gpu_over:
+    heavy = heavies if _heavy_over(p, heavies) else None
+    if mb <= p.max_vram_mb and count <= p.max_concurrent_models and not gpu_over and not heavy:
         st.inherited = None
         return
     st.inherited = Inherited(
         vram_mb=max(p.max_vram_mb, mb),
         models=max(p.max_concurrent_models, count),
         gpu_mb=gpu_over,
+        heavy=heavy,
     )
 
 
@@ -171,7 +180,7 @@ def tighten(st: State) -> None:
     if inh is None:
         return
     p = st.profile
-    mb, count, per_gpu = _in_use(st)
+    mb, count, per_gpu, heavies = _in_use(st)
     caps = _caps(st)
     gpu_mb = {
         u: min(ceiling, per_gpu.get(u, 0))
@@ -180,7 +189,10 @@ def tighten(st: State) -> None:
     }
     vram_mb = min(inh.vram_mb, max(p.max_vram_mb, mb))
     models = min(inh.models, max(p.max_concurrent_models, count))
-    if vram_mb <= p.max_vram_mb and models <= p.max_concurrent_models and not gpu_mb:
+    heavy = None
+    if inh.heavy is not None and _heavy_over(p, heavies):
+        heavy = min(inh.heavy, heavies)
+    if vram_mb <= p.max_vram_mb and models <= p.max_concurrent_models and not gpu_mb and not heavy:
         st.inherited = None
     else:
-        st.inherited = Inherited(vram_mb, models, gpu_mb)
+        st.inherited = Inherited(vram_mb, models, gpu_mb, heavy)

@@ -106,6 +106,12 @@ class Candidate:
     cost: float
     # Leased or loading: never actually evicted; only considered to explain a wait.
     pinned: bool
+    # Counted against the profile's `max_heavy_models`.
+    heavy: bool = False
+    # The two factors of `cost`, for the look-ahead (`_knock_on`): reload seconds, and
+    # expected requests per second.
+    load_s: float = 0.0
+    rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,9 @@ class FutureView:
     candidates: Sequence[Candidate]
     slot_limit: int
     budget_limit: int
+    heavy_used: int = 0
+    # None: no cap on heavy models.
+    heavy_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,12 @@ class Plan:
 
 def _fit(need: Need, view: FutureView, chosen: Sequence[Candidate]) -> tuple[str, ...] | None:
     if view.slots_used - len(chosen) + 1 > view.slot_limit:
+        return None
+    if (
+        need.heavy
+        and view.heavy_limit is not None
+        and view.heavy_used - sum(c.heavy for c in chosen) + 1 > view.heavy_limit
+    ):
         return None
     freed_total = sum(c.reserved_mb for c in chosen)
     if view.budget_used - freed_total + need.total_mb > view.budget_limit:
@@ -191,13 +206,147 @@ def choose_victims(
     return tuple(chosen_list), gpus_found
 
 
+_LOOKAHEAD_SETS = 4
+
+
+def _returns(
+    view: FutureView, need: Need, gpus: tuple[str, ...], gone: Sequence[Candidate], c: Candidate
+) -> Callable[[Candidate | None], bool]:
+    """Once `need` is placed on `gpus` and `gone` evicted: would `c` fit back after also
+    evicting `extra` (None: nothing more)?"""
+    room = dict(view.room)
+    for g in gone:
+        for u, mb in g.gpu_shares.items():
+            if u in room:
+                room[u] += mb
+    for u in gpus:
+        room[u] = room.get(u, 0) - need.share_mb
+    slots = view.slots_used - len(gone) + 1
+    budget = view.budget_used - sum(g.reserved_mb for g in gone) + need.total_mb
+    heavies = view.heavy_used - sum(g.heavy for g in gone) + need.heavy
+    n = len(c.gpu_shares)
+    share = max(c.gpu_shares.values(), default=c.reserved_mb)
+    back = Need(c.model_id, c.reserved_mb, n, share, tuple(sorted(room)))
+
+    def fits(extra: Candidate | None) -> bool:
+        r, s, b, h = room, slots, budget, heavies
+        if extra is not None:
+            r = dict(room)
+            for u, mb in extra.gpu_shares.items():
+                if u in r:
+                    r[u] += mb
+            s, b, h = s - 1, b - extra.reserved_mb, h - extra.heavy
+        if s + 1 > view.slot_limit or b + c.reserved_mb > view.budget_limit:
+            return False
+        if c.heavy and view.heavy_limit is not None and h + 1 > view.heavy_limit:
+            return False
+        return best_fit(back, r) is not None
+
+    return fits
+
+
+def _knock_on(
+    view: FutureView,
+    need: Need,
+    gpus: tuple[str, ...],
+    chosen: Sequence[Candidate],
+    added_load_s: float,
+) -> float:
+    """What evicting `chosen` costs beyond their own reloads: a victim asked for again may
+    not fit back beside what stays, and then forces out another model (the cheapest to
+    reload of those that would make room, the newcomer included), at its expected rate."""
+    ids = {c.model_id for c in chosen}
+    stay = [c for c in view.candidates if c.model_id not in ids and not c.pinned]
+    newcomer = Candidate(
+        need.model_id,
+        dict.fromkeys(gpus, need.share_mb),
+        need.total_mb,
+        0.0,
+        False,
+        need.heavy,
+        added_load_s,
+    )
+    extra = 0.0
+    for c in chosen:
+        if c.rate <= 0:
+            continue
+        fits = _returns(view, need, gpus, chosen, c)
+        if fits(None):
+            continue
+        forced = [o.load_s for o in (*stay, newcomer) if fits(o)]
+        if forced:
+            extra += c.rate * min(forced)
+    return extra
+
+
+def _lookahead(
+    need: Need,
+    view: FutureView,
+    cands: Sequence[Candidate],
+    added_load_s: float,
+    exact_limit: int,
+) -> tuple[tuple[Candidate, ...], tuple[str, ...]] | None:
+    """The few cheapest feasible sets (by their own cost), then the best of them counting the
+    knock-on evictions their victims' return would force."""
+    ordered = sorted(cands, key=lambda c: c.model_id)
+    top: list[
+        tuple[tuple[int, float, int, tuple[str, ...]], tuple[Candidate, ...], tuple[str, ...]]
+    ]
+    top = []
+    for mask in range(1, 1 << len(ordered)):
+        chosen = tuple(c for i, c in enumerate(ordered) if mask >> i & 1)
+        key = (
+            sum(c.pinned for c in chosen),
+            sum(c.cost for c in chosen),
+            sum(c.reserved_mb for c in chosen),
+            tuple(c.model_id for c in chosen),
+        )
+        if len(top) == _LOOKAHEAD_SETS and key >= top[-1][0]:
+            continue
+        gpus = _fit(need, view, chosen)
+        if gpus is None:
+            continue
+        top.append((key, chosen, gpus))
+        top.sort(key=lambda t: t[0])
+        del top[_LOOKAHEAD_SETS:]
+    if not top:
+        return None
+    best = min(
+        top,
+        key=lambda t: (
+            t[0][0],
+            t[0][1] + _knock_on(view, need, t[2], t[1], added_load_s),
+            t[0][2],
+            t[0][3],
+        ),
+    )
+    return best[1], best[2]
+
+
 def plan_room(
-    need: Need, view: FutureView, *, allow_pinned: bool, exact_limit: int = 8
+    need: Need,
+    view: FutureView,
+    *,
+    allow_pinned: bool,
+    exact_limit: int = 8,
+    lookahead: bool = False,
+    added_load_s: float = 0.0,
 ) -> Plan | None:
     """Make room for `need` in the future view, evicting idle candidates (and, if allowed,
-    pretending pinned ones could go)."""
+    pretending pinned ones could go). `lookahead`: among the cheapest few sets, prefer the one
+    whose victims can come back without forcing out another (see `_knock_on`); only when the
+    candidates are few enough for the exact search. `added_load_s`: the newcomer's reload time."""
     cands = [c for c in view.candidates if allow_pinned or not c.pinned]
-    found = choose_victims(cands, lambda chosen: _fit(need, view, chosen), exact_limit=exact_limit)
+    found: tuple[tuple[Candidate, ...], tuple[str, ...]] | None
+    placed = _fit(need, view, ())
+    if placed is not None:
+        found = ((), placed)
+    elif lookahead and len(cands) <= exact_limit:
+        found = _lookahead(need, view, cands, added_load_s, exact_limit)
+    else:
+        found = choose_victims(
+            cands, lambda chosen: _fit(need, view, chosen), exact_limit=exact_limit
+        )
     if found is None:
         return None
     chosen, gpus = found

@@ -47,8 +47,17 @@ def check_invariants(scheduler: Scheduler) -> list[str]:
     if len(holding) > count:
         names = ", ".join(m.model_id for m in holding)
         bad.append(f"{len(holding)} models hold memory ({names}) > {count}")
+    heavy_cap = p.max_heavy_models
+    if heavy_cap is not None and inh is not None and inh.heavy is not None:
+        heavy_cap = max(heavy_cap, inh.heavy)
+    heavies = [m.model_id for m in holding if m.heavy]
+    if heavy_cap is not None and len(heavies) > heavy_cap:
+        bad.append(f"{len(heavies)} heavy models hold memory ({', '.join(heavies)}) > {heavy_cap}")
     if inh is not None and (
-        inh.vram_mb <= p.max_vram_mb and inh.models <= p.max_concurrent_models and not inh.gpu_mb
+        inh.vram_mb <= p.max_vram_mb
+        and inh.models <= p.max_concurrent_models
+        and not inh.gpu_mb
+        and inh.heavy is None
     ):
         bad.append("an inherited ceiling is kept although the profile's limits hold")
 
@@ -70,7 +79,7 @@ def check_invariants(scheduler: Scheduler) -> list[str]:
         loading = [
             m.model_id for m in holding if m.state is ModelState.LOADING and g.uuid in m.gpu_uuids
         ]
-        if len(loading) > 1:
+        if len(loading) > 1 and s.concurrent_load_margin_mb is None:
             bad.append(f"GPU {g.index}: {len(loading)} loads at once ({', '.join(loading)})")
 
     # Models.
@@ -129,6 +138,25 @@ def check_invariants(scheduler: Scheduler) -> list[str]:
         last_seq[q.priority] = q.seq
         if q.bypassed > s.bypass_limit:
             bad.append(f"request {q.request_id} bypassed {q.bypassed} > {s.bypass_limit} times")
+    # Patience (ski rental): bounded once and for all when it begins, never past a deadline,
+    # and the core wakes up by its end so that a held-off eviction does happen.
+    wake = s.next_wakeup()
+    for q in queue:
+        if q.patient_until is None:
+            continue
+        if q.patient_from is None or q.patient_until - q.patient_from > s.patience_max_s + 1e-9:
+            bad.append(
+                f"request {q.request_id} patient from {q.patient_from} to {q.patient_until} "
+                f"> {s.patience_max_s} s"
+            )
+        if q.deadline is not None and q.patient_until > q.deadline:
+            bad.append(f"request {q.request_id} patient past its deadline {q.deadline}")
+        if (
+            q.position is not None
+            and q.patient_until > s.now
+            and (wake is None or wake > q.patient_until)
+        ):
+            bad.append(f"request {q.request_id} patient until {q.patient_until}, no wakeup by then")
     waiting_on_load = {rid for m in models.values() for rid in m.waiters}
     for q in queue:
         if q.request_id in lease_ids:

@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from gpuletd.profiles import Profile, Strategy
-from gpuletd.registry import Model
+from gpuletd.registry import Model, WeightClass
 
 __all__ = [
     "CeilingProblem",
@@ -26,6 +26,7 @@ __all__ = [
     "Need",
     "best_fit",
     "ceiling_problem",
+    "is_heavy",
     "resolve_need",
 ]
 
@@ -62,6 +63,8 @@ class Need:
     allowed: tuple[str, ...]
     # Pinning entries that name no GPU of this machine (reported by the ceiling check).
     unknown_pins: tuple[str, ...] = ()
+    # Counted against the profile's `max_heavy_models` (see `is_heavy`).
+    heavy: bool = False
 
     @property
     def total_mb(self) -> int:
@@ -95,6 +98,15 @@ def _pinned(model: Model, gpus: Sequence[GpuInfo]) -> tuple[list[GpuInfo], tuple
     return chosen, tuple(unknown)
 
 
+def is_heavy(model: Model, reservation_mb: int, profile: Profile) -> bool:
+    """Seed 003's class: a model's own `weight_class` wins; otherwise it is heavy when its
+    reservation reaches the profile's `heavy_threshold_mb` (no threshold: light)."""
+    if model.weight_class is not None:
+        return model.weight_class is WeightClass.HEAVY
+    t = profile.heavy_threshold_mb
+    return t is not None and reservation_mb >= t
+
+
 def resolve_need(
     model: Model,
     reservation_mb: int,
@@ -104,8 +116,12 @@ def resolve_need(
     one_gpu: bool = False,
 ) -> Need:
     """`one_gpu`: never split (a memory lease is raw VRAM on one GPU)."""
+    # (The common case, no class and no threshold, without a call: this is on the hot path.)
+    heavy = (model.weight_class is not None or profile.heavy_threshold_mb is not None) and (
+        is_heavy(model, reservation_mb, profile)
+    )
     if not gpus:
-        return Need(model.id, reservation_mb, 0, reservation_mb, ())
+        return Need(model.id, reservation_mb, 0, reservation_mb, (), heavy=heavy)
     pinned, unknown = _pinned(model, gpus)
     n = 1
     if (
@@ -118,7 +134,7 @@ def resolve_need(
         n = profile.gpu_count
     share = -(-reservation_mb // n)
     allowed = tuple(g.uuid for g in pinned if g.usable)
-    return Need(model.id, reservation_mb, n, share, allowed, unknown)
+    return Need(model.id, reservation_mb, n, share, allowed, unknown, heavy=heavy)
 
 
 def _describe(g: GpuInfo, *, foreign: bool) -> str:

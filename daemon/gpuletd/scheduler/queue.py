@@ -40,6 +40,10 @@ class PendingRequest:
     joined: bool = False
     # Last position reported in a Queued decision (None: not reported, or joined).
     position: int | None = None
+    # Until when it holds off an eviction for a cheaper one on its way (`patience.py`); set
+    # once, when its patience begins, and never moved. None: it never waited patiently.
+    patient_from: float | None = None
+    patient_until: float | None = None
 
 
 class RequestQueue:

@@ -59,6 +59,9 @@ class ModelRecord:
     # registry. Created by its request, stopped when its lease ends, forgotten once it holds
     # nothing (`admission.sweep_memory`).
     memory: bool = False
+    # Counted against the profile's `max_heavy_models` while it holds memory: decided when
+    # its load started (`placement.is_heavy`), so a later measurement does not move it.
+    heavy: bool = False
 
     @property
     def reservation_mb(self) -> int:

@@ -68,6 +68,7 @@ def _record(r: ModelRecord) -> Json:
         "definition": model_to_dict(r.model),
         "retired": r.retired,
         "memory": r.memory,
+        "heavy": r.heavy,
         "state": r.state.value,
         "gpu_uuids": list(r.gpu_uuids),
         "shares": dict(r.shares),
@@ -153,6 +154,8 @@ def _read_record(d: object, path: str, tuning: Tuning, shift: float) -> ModelRec
     rec.retired = get_str(d, "retired", path)
     # Absent from snapshots written before memory leases.
     rec.memory = get_bool(d, "memory", path) if "memory" in d else False
+    # Absent from snapshots written before heavy models were counted.
+    rec.heavy = get_bool(d, "heavy", path) if "heavy" in d else False
     rec.state = _state(d, "state", path)
     rec.gpu_uuids = tuple(_strs(d.get("gpu_uuids"), f"{path}.gpu_uuids"))
     shares = get_dict(d, "shares", path)

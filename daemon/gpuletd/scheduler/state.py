@@ -69,6 +69,16 @@ class Tuning:
     load_time_alpha: float = 0.5
     # Up to this many eviction candidates the cheapest set is found exactly.
     exact_eviction_limit: int = 8
+    # Loads may run side by side on a GPU when this much stays free there beyond the headroom
+    # once all of them are in (and memory there is certain); None: one load per GPU.
+    concurrent_load_margin_mb: int | None = 2048
+    # Among the cheapest few victim sets, prefer one whose victims can come back without
+    # forcing out another model (`eviction._knock_on`).
+    eviction_lookahead: bool = True
+    # Patience (ski rental, `patience.py`): the longest a request holds off an eviction for a
+    # cheaper one on its way (0: never), and the horizon over which a victim's reload counts.
+    patience_max_s: float = 30.0
+    patience_horizon_s: float = 60.0
     # Ended leases remembered to explain a late renew/release ("expired", "backend died").
     ended_lease_memory: int = 4096
 
@@ -86,6 +96,9 @@ class Inherited:
     models: int
     # Per GPU, for a profile whose larger headroom leaves less room than is reserved there.
     gpu_mb: Mapping[str, int] = field(default_factory=dict)
+    # Heavy models holding memory, for a profile whose `max_heavy_models` is now lower
+    # (None: the profile's cap holds).
+    heavy: int | None = None
 
 
 @dataclass(eq=False)

@@ -5,7 +5,17 @@ of its due time."""
 
 from __future__ import annotations
 
-from gpuletd.scheduler.accounting import autostart_s, grace_due, grace_s, load_due
+from gpuletd.probe.types import GpuState
+from gpuletd.profiles import IdleUnload
+from gpuletd.scheduler.accounting import (
+    autostart_s,
+    grace_due,
+    grace_s,
+    idle_until,
+    load_due,
+    load_estimate_s,
+    reuse_per_s,
+)
 from gpuletd.scheduler.decisions import (
     Decision,
     LeaseEndReason,
@@ -14,10 +24,11 @@ from gpuletd.scheduler.decisions import (
     RejectReason,
     StopReason,
 )
+from gpuletd.scheduler.eviction import reload_cost
 from gpuletd.scheduler.state import State, instances
 from gpuletd.scheduler.transitions import end_lease, fail_waiters, note_failure, refuse, stop
 
-__all__ = ["advance", "next_wakeup"]
+__all__ = ["advance", "foreign_pressure", "next_wakeup"]
 
 
 def advance(st: State) -> list[Decision]:
@@ -61,7 +72,45 @@ def advance(st: State) -> list[Decision]:
         if due is not None and now >= due:
             message = f"idle for {grace_s(st, rec):g} s (grace period)"
             stop(st, rec, StopReason.GRACE_EXPIRED, message, out)
+    if st.profile.idle_unload is IdleUnload.PRESSURE:
+        foreign_pressure(st, out)
     return out
+
+
+def foreign_pressure(st: State, out: list[Decision]) -> None:
+    """Under `idle_unload = "pressure"`: when processes gpulet did not start want memory a GPU
+    no longer has (what gpulet keeps there exceeds total - headroom - theirs), unload idle
+    models past their grace period there, the cheapest to bring back first, until it fits.
+    Memory already on its way back (unloads under way, frees not yet seen) counts as back."""
+    want: set[str] | None = None
+    for u, g in st.gpus.items():
+        if g.lost or g.state is not GpuState.OK or g.total_mb is None:
+            continue
+        kept = [
+            r
+            for r in instances(st)
+            if r.state in (ModelState.LOADING, ModelState.LOADED) and u in r.shares
+        ]
+        over = sum(r.shares[u] for r in kept) - (g.total_mb - st.profile.headroom_mb - g.foreign_mb)
+        if over <= 0:
+            continue
+        idle = [r for r in kept if (t := idle_until(st, r)) is not None and t <= st.now]
+        if not idle:
+            continue
+        if want is None:
+            want = {q.model_id for q in st.queue if not q.joined}
+        idle.sort(
+            key=lambda r: (
+                reload_cost(load_estimate_s(st, r), reuse_per_s(st, r, want)),
+                r.model.id,
+            )
+        )
+        for rec in idle:
+            if over <= 0:
+                break
+            over -= rec.shares[u]
+            message = f"idle past its grace period; GPU {g.index} memory wanted by other processes"
+            stop(st, rec, StopReason.GRACE_EXPIRED, message, out)
 
 
 def next_wakeup(st: State) -> float | None:
@@ -75,6 +124,8 @@ def next_wakeup(st: State) -> float | None:
             times.append(q.deadline)
         if not q.joined:
             wanted.add(q.model_id)
+            if q.patient_until is not None and q.patient_until > st.now:
+                times.append(q.patient_until)
     for r in instances(st):
         for t in (load_due(st, r), grace_due(st, r)):
             if t is not None:

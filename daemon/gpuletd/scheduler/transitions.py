@@ -60,6 +60,7 @@ def start_load(
     rec.gpu_uuids = gpus
     rec.shares = {u: need.share_mb for u in gpus}
     rec.reserved_mb = need.total_mb
+    rec.heavy = need.heavy
     rec.load_started_at = st.now
     rec.idle_since = None
     rec.after_unload = ModelState.UNLOADED

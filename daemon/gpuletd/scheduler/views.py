@@ -58,6 +58,8 @@ class ModelView:
     retired: str = ""
     # A memory lease's reservation (id `vram:<request id>`), not a model of the registry.
     memory: bool = False
+    # Counted against the profile's `max_heavy_models` (meaningful while it holds memory).
+    heavy: bool = False
 
     @property
     def holds_memory(self) -> bool:
@@ -93,6 +95,10 @@ class QueueEntry:
     # Arrival order, to check FIFO.
     seq: int
     bypassed: int
+    # When it began and until when it may hold off an eviction for a cheaper one on its way
+    # (patience); None when it never did.
+    patient_from: float | None = None
+    patient_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,7 @@ def model_view(st: State, r: ModelRecord) -> ModelView:
         endpoint=r.endpoint,
         retired=r.retired,
         memory=r.memory,
+        heavy=r.heavy,
     )
 
 
@@ -187,6 +194,8 @@ def queue_entries(st: State) -> list[QueueEntry]:
             position=None if r.joined else i + 1,
             seq=r.seq,
             bypassed=r.bypassed,
+            patient_from=r.patient_from,
+            patient_until=r.patient_until,
         )
         for i, r in enumerate([*ordered, *joined])
     ]
