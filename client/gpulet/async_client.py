@@ -39,7 +39,6 @@ from gpulet.v1 import (
     leases_pb2_grpc,
     profiles_pb2,
     profiles_pb2_grpc,
-    selector_pb2,
     selector_pb2_grpc,
 )
 
@@ -116,12 +115,15 @@ class AsyncClient(BaseClient):
     async def roles(self) -> list[str]:
         return list((await self._call(self._selector.ListRoles, self._LIST_ROLES)).roles)
 
-    async def select(self, role: str, *, top_n: int | None = None) -> Selection:
-        r = await self._call(self._selector.SelectByRole, self._select_request(role, top_n))
-        return convert.selection(r)
+    async def select(
+        self, role: str, *, top_n: int | None = None, profile: str | None = None
+    ) -> Selection:
+        """`profile`: what this machine would offer under that profile (default: the active)."""
+        req = self._select_request(role, top_n, profile)
+        return convert.selection(await self._call(self._selector.SelectByRole, req))
 
-    async def explain(self, role: str, model_id: str) -> Explanation:
-        req = selector_pb2.ExplainSelectionRequest(role=role, model_id=model_id)
+    async def explain(self, role: str, model_id: str, *, profile: str | None = None) -> Explanation:
+        req = self._explain_request(role, model_id, profile)
         r = await self._call(self._selector.ExplainSelection, req)
         return convert.explanation(r, role, model_id)
 

@@ -90,10 +90,23 @@ class BaseClient:
     # -- requests -----------------------------------------------------------------------------
 
     @staticmethod
-    def _select_request(role: str, top_n: int | None) -> selector_pb2.SelectByRoleRequest:
+    def _select_request(
+        role: str, top_n: int | None, profile: str | None = None
+    ) -> selector_pb2.SelectByRoleRequest:
         req = selector_pb2.SelectByRoleRequest(role=role)
         if top_n is not None:
             req.top_n = top_n
+        if profile:
+            req.profile = profile
+        return req
+
+    @staticmethod
+    def _explain_request(
+        role: str, model_id: str, profile: str | None = None
+    ) -> selector_pb2.ExplainSelectionRequest:
+        req = selector_pb2.ExplainSelectionRequest(role=role, model_id=model_id)
+        if profile:
+            req.profile = profile
         return req
 
     @staticmethod

@@ -40,7 +40,6 @@ from gpulet.v1 import (
     leases_pb2_grpc,
     profiles_pb2,
     profiles_pb2_grpc,
-    selector_pb2,
     selector_pb2_grpc,
 )
 
@@ -118,12 +117,15 @@ class Client(BaseClient):
     def roles(self) -> list[str]:
         return list(self._call(self._selector.ListRoles, self._LIST_ROLES).roles)
 
-    def select(self, role: str, *, top_n: int | None = None) -> Selection:
-        r = self._call(self._selector.SelectByRole, self._select_request(role, top_n))
-        return convert.selection(r)
+    def select(
+        self, role: str, *, top_n: int | None = None, profile: str | None = None
+    ) -> Selection:
+        """`profile`: what this machine would offer under that profile (default: the active)."""
+        req = self._select_request(role, top_n, profile)
+        return convert.selection(self._call(self._selector.SelectByRole, req))
 
-    def explain(self, role: str, model_id: str) -> Explanation:
-        req = selector_pb2.ExplainSelectionRequest(role=role, model_id=model_id)
+    def explain(self, role: str, model_id: str, *, profile: str | None = None) -> Explanation:
+        req = self._explain_request(role, model_id, profile)
         return convert.explanation(self._call(self._selector.ExplainSelection, req), role, model_id)
 
     # -- leases -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ the wire types' fields; nothing here does I/O."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -13,6 +14,8 @@ from gpulet.types import (
     ActiveProfile,
     BackendKind,
     Candidate,
+    EstimateConfidence,
+    Excluded,
     ExplainStatus,
     Explanation,
     Gpu,
@@ -37,6 +40,7 @@ from gpulet.types import (
     QueueItem,
     Selection,
     SelectionBias,
+    SelectionLimit,
     Strategy,
     WatchEvent,
 )
@@ -102,7 +106,22 @@ def profile(p: types_pb2.Profile) -> Profile:
         tensor_parallel_threshold_mb=_opt(p, "tensor_parallel_threshold_mb"),
         headroom_mb=p.headroom_mb,
         builtin=p.builtin,
+        category=p.category,
+        use_case=p.use_case,
+        tags=tuple(p.tags),
+        recommended_for=tuple(p.recommended_for),
+        layer_names=tuple(p.layer_names),
+        engine={k: _json_value(v) for k, v in sorted(p.engine.items())},
     )
+
+
+def _json_value(text: str) -> Any:
+    # The daemon sends each engine setting as JSON text; a value that is not JSON is kept
+    # as the string it is rather than failing the whole answer.
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def gpu(g: types_pb2.Gpu) -> Gpu:
@@ -146,6 +165,7 @@ def active_profile(r: profiles_pb2.GetActiveProfileResponse) -> ActiveProfile:
         warnings=tuple(r.warnings),
         probe=r.probe,
         overrides=tuple(r.overrides),
+        derived_from=r.derived_from or None,
     )
 
 
@@ -168,16 +188,32 @@ def model(m: types_pb2.Model) -> Model:
         idle_seconds=_opt(m, "idle_seconds"),
         reservation_mb=m.reservation_mb,
         endpoint=m.endpoint,
+        measured_mb=_opt(m, "measured_mb"),
+        peak_mb=_opt(m, "peak_mb"),
+        load_seconds=_opt(m, "load_seconds"),
+        unload_seconds=_opt(m, "unload_seconds"),
+        measured_loads=m.measured_loads,
+        confidence=_enum(EstimateConfidence, types_pb2.EstimateConfidence, m.confidence),
+        engine=m.engine,
     )
+
+
+def _limit(value: int) -> SelectionLimit:
+    return _enum(SelectionLimit, selector_pb2.SelectionLimit, value)
 
 
 def selection(r: selector_pb2.SelectByRoleResponse) -> Selection:
     return Selection(
         role=r.role,
         profile=r.profile,
-        candidates=tuple(Candidate(model(c.model), c.role_priority) for c in r.candidates),
+        candidates=tuple(
+            Candidate(model(c.model), c.role_priority, c.engine) for c in r.candidates
+        ),
         max_vram_mb=r.max_vram_mb,
         model_selection_bias=_enum(SelectionBias, types_pb2.SelectionBias, r.model_selection_bias),
+        top_n=r.top_n,
+        excluded=tuple(Excluded(x.model_id, _limit(x.limit), x.reason) for x in r.excluded),
+        bf16_preferred=_opt(r, "bf16_preferred"),
     )
 
 
@@ -189,6 +225,9 @@ def explanation(r: selector_pb2.ExplainSelectionResponse, role: str, model_id: s
         reason=r.reason,
         rank=r.rank or None,
         profile=r.profile,
+        limit=_limit(r.limit),
+        model_selection_bias=_enum(SelectionBias, types_pb2.SelectionBias, r.model_selection_bias),
+        engine=r.engine,
     )
 
 

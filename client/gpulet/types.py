@@ -12,11 +12,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 __all__ = [
     "ActiveProfile",
     "BackendKind",
     "Candidate",
+    "EstimateConfidence",
+    "Excluded",
     "ExplainStatus",
     "Explanation",
     "Gpu",
@@ -42,6 +45,7 @@ __all__ = [
     "QueueItem",
     "Selection",
     "SelectionBias",
+    "SelectionLimit",
     "Strategy",
     "WatchEvent",
 ]
@@ -55,6 +59,26 @@ class Strategy(StrEnum):
     CONCURRENT_LIMITED = "concurrent_limited"
     CONCURRENT_FULL = "concurrent_full"
     TENSOR_PARALLEL_OR_DISTRIBUTED = "tensor_parallel_or_distributed"
+
+
+class SelectionLimit(StrEnum):
+    """Which limit keeps a model that supports a role out of its candidates."""
+
+    UNSPECIFIED = "unspecified"
+    PROFILE_BUDGET = "profile_budget"  # larger than the profile's max_vram_mb
+    GPU_MEMORY = "gpu_memory"  # no GPU (or tensor-parallel span) here has that much usable
+    GPU_COUNT = "gpu_count"  # needs more usable GPUs than there are (or it is pinned to)
+    PINNING = "pinning"  # pinned to GPUs this machine does not have
+
+
+class EstimateConfidence(StrEnum):
+    """How far to trust a model's reservation: low = the configured estimate only, medium =
+    measured by the probe once or twice, high = three or more times."""
+
+    UNSPECIFIED = "unspecified"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
 
 
 class SelectionBias(StrEnum):
@@ -142,6 +166,19 @@ class Profile:
     tensor_parallel_threshold_mb: int | None
     headroom_mb: int
     builtin: bool
+    # Metadata: where it is meant to run ("edge", "onprem", "cloud" or ""), what for, and
+    # the layers it was built from, base first (the `extends` chain, then itself).
+    category: str = ""
+    use_case: str = ""
+    tags: tuple[str, ...] = ()
+    recommended_for: tuple[str, ...] = ()
+    layer_names: tuple[str, ...] = ()
+    # Settings handed to the serving engines (docs/engines.md): dtype, max_model_len, ...
+    engine: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def layers_count(self) -> int:
+        return len(self.layer_names)
 
 
 @dataclass(frozen=True)
@@ -201,6 +238,8 @@ class ActiveProfile:
     warnings: tuple[str, ...]
     probe: str
     overrides: tuple[str, ...]
+    # A dynamic profile's predefined base (e.g. generous_96gb for dynamic_1x80gb), else None.
+    derived_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -227,12 +266,32 @@ class Model:
     idle_seconds: float | None  # since its last lease ended; None while leased or unloaded
     reservation_mb: int  # what gpuletd counts for it: max(estimate, measured)
     endpoint: str
+    # What gpuletd measured (None until measured): footprint at its last healthy start, the
+    # largest seen, seconds from start to healthy (smoothed) and from stop to gone (last).
+    measured_mb: int | None = None
+    peak_mb: int | None = None
+    load_seconds: float | None = None
+    unload_seconds: float | None = None
+    measured_loads: int = 0
+    confidence: EstimateConfidence = EstimateConfidence.UNSPECIFIED
+    # The serving engine (docs/engines.md); "custom" when it names none.
+    engine: str = ""
 
 
 @dataclass(frozen=True)
 class Candidate:
     model: Model
     role_priority: int
+    engine: str = ""
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """A model with the role that can never be placed under the profile on this machine."""
+
+    model_id: str
+    limit: SelectionLimit
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -244,6 +303,10 @@ class Selection:
     candidates: tuple[Candidate, ...]
     max_vram_mb: int
     model_selection_bias: SelectionBias
+    top_n: int = 0
+    excluded: tuple[Excluded, ...] = ()
+    # Every GPU runs bf16 natively (SM >= 8.0): bf16 wins ties. None when unknown.
+    bf16_preferred: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +319,9 @@ class Explanation:
     reason: str
     rank: int | None  # 1-based among eligible models
     profile: str
+    limit: SelectionLimit = SelectionLimit.UNSPECIFIED  # for REJECTED: which limit
+    model_selection_bias: SelectionBias = SelectionBias.UNSPECIFIED
+    engine: str = ""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,11 @@ from dataclasses import dataclass
 
 import structlog
 
-from gpuletd.active_profile import ActiveProfile, ProfileSource, resolve_active_profile
+from gpuletd.active_profile import (
+    ActiveProfile,
+    ProfileSource,
+    resolve_active_profile,
+)
 from gpuletd.bounds import Refused, check_name, listing, quote
 from gpuletd.config_errors import ConfigError
 from gpuletd.executor import Executor
@@ -322,14 +326,9 @@ class Admin:
         check_name("profile", name)
         reason = _check_reason(reason, required=False)
         config = self._rt.config
-        if name not in config.profiles:
-            raise AdminFailed(
-                "NOT_FOUND",
-                "UNKNOWN_PROFILE",
-                f"profile: unknown profile {quote(name)}; known profiles: "
-                f"{listing(config.profiles)}",
-                "profile",
-            )
+        # The names `profile list` and `select --profile` accept (the dynamic profile derived
+        # for these GPUs included): NOT_FOUND for any other.
+        self._rt.profile_named(name, "profile")
         old = self._rt.active
         try:
             # As a reload resolves it: the `--set` overrides the daemon was started with apply
@@ -338,9 +337,13 @@ class Admin:
                 config.profiles, self._rt.poller.gpus, flag=name, overrides=old.overrides
             )
         except (ConfigError, ValueError) as e:
-            raise AdminFailed(
-                "FAILED_PRECONDITION", "INVALID_PROFILE", f"profile {name}: {e}", "profile"
-            ) from None
+            if name != old.profile.name:
+                raise AdminFailed(
+                    "FAILED_PRECONDITION", "INVALID_PROFILE", f"profile {name}: {e}", "profile"
+                ) from None
+            # The active profile came from a profile file no name reaches again: it stays as
+            # it runs.
+            fresh = old
         why = f"switched by an administrator (was {old.profile.name})"
         active: ActiveProfile = dataclasses.replace(
             fresh, source=ProfileSource.ADMIN, reason=f"{why}: {reason}" if reason else why

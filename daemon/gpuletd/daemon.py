@@ -29,8 +29,10 @@ from gpuletd.backends import become_subreaper
 from gpuletd.config import Config
 from gpuletd.config_errors import ConfigError
 from gpuletd.executor import Clock, Executor
+from gpuletd.labels import LabelsWriter
 from gpuletd.leases import LeaseManager
 from gpuletd.log_sink import LogSink
+from gpuletd.measurements import Measurements
 from gpuletd.metrics import MetricsSink
 from gpuletd.probe.simulated import SimulatedProbe
 from gpuletd.runtime import Runtime
@@ -97,6 +99,7 @@ class Daemon:
         log_dir: Path,
         stop_grace_s: float = 10.0,
         check_invariants: bool = False,
+        labels_file: Path | None = None,
     ) -> None:
         self.runtime = runtime
         self.store: StateStore | None = None
@@ -137,6 +140,13 @@ class Daemon:
         # lookup or two per decision when nobody scrapes.
         self.metrics = MetricsSink(self.executor, runtime)
         self.executor.add_sink(self.metrics)
+        # Load and unload times and peak memory per model, for `gpulet models` (seed 003).
+        self.measurements = Measurements(self.executor, self.store)
+        self.executor.add_sink(self.measurements)
+        # --labels-file: node labels for node-feature-discovery, rewritten when they change.
+        self.labels = LabelsWriter(labels_file, runtime) if labels_file is not None else None
+        if self.labels is not None:
+            self.executor.add_sink(self.labels)
         self.executor.add_sink(LogSink(self._client_of))
         self.executor.add_sink(self.leases)
 
@@ -166,6 +176,8 @@ class Daemon:
     def start(self) -> None:
         self.runtime.poller.subscribe(self.executor.probe)
         self.executor.start()
+        if self.labels is not None:
+            self.labels.start()
 
     # -- reload -------------------------------------------------------------------------------
 
@@ -222,6 +234,8 @@ class Daemon:
         """A clean stop: every backend stopped, nothing left running, the saved state cleared."""
         self.quiesce()
         await self.executor.stop()
+        if self.labels is not None:
+            await self.labels.close(remove=True)
         await self.supervisor.close()
         if self.store is not None:
             try:
@@ -236,6 +250,8 @@ class Daemon:
         the tasks that own starting backends, and a cancelled start kills its process)."""
         self.quiesce()
         await self.executor.stop()
+        if self.labels is not None:
+            await self.labels.close(remove=False)
         self.supervisor.freeze()
         if self.store is not None and self._store_sink is not None:
             self._store_sink.save()

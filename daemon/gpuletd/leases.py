@@ -15,9 +15,12 @@ import math
 import re
 import secrets
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, assert_never
+
+import structlog
 
 from gpuletd.bounds import (
     MIN_TTL_S,
@@ -50,7 +53,7 @@ from gpuletd.scheduler import (
     StartBackend,
     StopBackend,
 )
-from gpuletd.selector import select
+from gpuletd.selector import Hardware, misfits, select
 
 if TYPE_CHECKING:
     from gpuletd.plan import PlanResult
@@ -66,6 +69,8 @@ __all__ = [
     "lease_info",
     "waiting_for",
 ]
+
+log = structlog.get_logger(__name__)
 
 LEASE_ID = re.compile(r"^l-[0-9a-f]{16}$")
 # Aging gains one level per interval: an unbounded priority would starve everyone else.
@@ -83,6 +88,19 @@ TOKEN_PREFIX = "gpl_"
 class LeaseFailed(Refused):
     """A lease operation refused (see `Refused`): also raised once a request is under way, for
     the fate the core decided (NOT_FOUND, DEADLINE_EXCEEDED, shutting down, ...)."""
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """An Acquire's terms, the same for each model a role request tries."""
+
+    client: str
+    ttl_s: float
+    priority: int
+    exclusive: bool
+    timeout_s: float | None
+    claim_within_s: float
+    vram_mb: int
 
 
 def new_token() -> str:
@@ -241,6 +259,14 @@ def waiting_for(
     return f"{turn}, after idle models on GPU {g.index} are evicted"
 
 
+def _falls_back(reason: str, i: int, choices: Sequence[str]) -> bool:
+    """Whether a refusal of `choices[i]` hands a request by role to the next candidate: only a
+    model the core finds can never fit now (measured larger than its estimate, memory held
+    outside gpuletd) and only while there is a next one. Acquire and Plan both ask this, so a
+    plan names the model an Acquire would be granted."""
+    return reason == "MODEL_TOO_LARGE" and i + 1 < len(choices)
+
+
 def _digest(token: str) -> str:
     # Only a digest is kept (and persisted): what is stored cannot be replayed as a token.
     return hashlib.sha256(token.encode()).hexdigest()
@@ -351,11 +377,12 @@ class LeaseManager:
                 "gpuletd is draining (an administrator stopped new leases; held leases run "
                 "on): try again later",
             )
+        choices = [model_id]
         if vram_mb:
             self._check_vram(vram_mb, model_id, role)
         elif role:
             check_name("role", role)
-            model_id = self._pick_for_role(role)
+            choices = self._role_choices(role)
         elif not model_id:
             raise LeaseFailed(
                 "INVALID_ARGUMENT",
@@ -365,6 +392,27 @@ class LeaseManager:
             )
         else:
             check_name("model_id", model_id)
+        started = self._ex.clock.mono()
+        for i, choice in enumerate(choices):
+            # A fallback does not restart the caller's clock.
+            left = None if timeout_s is None else timeout_s - (self._ex.clock.mono() - started)
+            args = _Ask(client, ttl_s, priority, exclusive, left, claim_within_s, vram_mb)
+            try:
+                # aclosing: when our caller goes away, the request must leave the queue now,
+                # not whenever the inner generator is collected.
+                async with aclosing(self._request(choice, args)) as updates:
+                    async for update in updates:
+                        yield update
+                return
+            except LeaseFailed as e:
+                if not _falls_back(e.reason, i, choices):
+                    raise
+                log.info("role.fell_back", role=role, model=choice, reason=e.message)
+
+    async def _request(self, model_id: str, a: _Ask) -> AsyncGenerator[AcquireUpdate, None]:
+        """One model's request to the core, followed to its grant or refusal."""
+        client, ttl_s, priority, exclusive = a.client, a.ttl_s, a.priority, a.exclusive
+        timeout_s, claim_within_s, vram_mb = a.timeout_s, a.claim_within_s, a.vram_mb
         rid = f"l-{secrets.token_hex(8)}"
         token = new_token()
         queue: asyncio.Queue[Decision | None] = asyncio.Queue()
@@ -489,16 +537,18 @@ class LeaseManager:
                 f"{PRIORITY_RANGE.stop - 1}, got {priority}",
                 "priority",
             )
+        choices = [model_id]
         if vram_mb:
             self._check_vram(vram_mb, model_id, role)
         elif role:
             check_name("role", role)
             try:
-                model_id = self._pick_for_role(role)
+                choices = self._role_choices(role)
             except LeaseFailed as e:  # no model for the role fits: the Acquire's answer too
                 return PlanResult(
                     Outcome.REFUSED, "", message=e.message, code=e.code, reason=e.reason
                 )
+            model_id = choices[0]
         elif not model_id:
             raise LeaseFailed(
                 "INVALID_ARGUMENT",
@@ -525,16 +575,21 @@ class LeaseManager:
                 code="UNAVAILABLE",
                 reason="SHUTTING_DOWN" if self._closing else "DRAINING",
             )
-        return what_if(
-            self._ex.core,
-            model_id,
-            now=self._ex.clock.mono(),
-            models=self._rt.registry.models,
-            waiting=self._waiting_for,
-            priority=priority,
-            exclusive=exclusive,
-            vram_mb=vram_mb or None,
-        )
+        # By role, the candidates in the order an Acquire tries them (see `_falls_back`).
+        for i, choice in enumerate(choices):
+            result = what_if(
+                self._ex.core,
+                choice,
+                now=self._ex.clock.mono(),
+                models=self._rt.registry.models,
+                waiting=self._waiting_for,
+                priority=priority,
+                exclusive=exclusive,
+                vram_mb=vram_mb or None,
+            )
+            if result.outcome is not Outcome.REFUSED or not _falls_back(result.reason, i, choices):
+                break
+        return result
 
     def _waiting_for(self, core: Scheduler, request_id: str) -> str:
         """What `request_id` waits for in `core` (a copy, for a plan), as `queue` says it."""
@@ -640,23 +695,30 @@ class LeaseManager:
             "model_id",
         )
 
-    def _pick_for_role(self, role: str) -> str:
+    def _role_choices(self, role: str) -> list[str]:
+        """The models for `role` that fit the profile and this machine, best first; raises
+        when none does, saying what kept the best ones out."""
+        core, reg, profile = self._ex.core, self._rt.registry, self._rt.profile
         loaded = {
             mid
-            for mid, v in self._ex.core.models().items()
+            for mid, v in core.models().items()
             if v.state in (ModelState.LOADED, ModelState.LOADING)
         }
-        # An unknown role raises UnknownRole, a refusal naming the field.
-        best = select(self._rt.registry, self._rt.profile, role, 1, loaded=loaded)
-        if not best:
+        hw = Hardware.now(self._rt.gpus, core)
+        # An unknown role raises UnknownRole, a refusal naming the field (also when the
+        # registry is empty: there is no role at all then).
+        ranked = select(reg, profile, role, None, loaded=loaded, hardware=hw)
+        if not ranked:
+            out = misfits(reg, profile, role, hardware=hw)
+            why = "; ".join(x.reason for x in out[:3]) + ("; ..." if len(out) > 3 else "")
             raise LeaseFailed(
                 "RESOURCE_EXHAUSTED",
                 "MODEL_TOO_LARGE",
-                f"role: no model for {quote(role)} fits profile {self._rt.profile.name} "
-                f"(max_vram_mb={self._rt.profile.max_vram_mb})",
+                f"role: no model for {quote(role)} fits profile {profile.name} on this "
+                f"machine: {why}",
                 "role",
             )
-        return best[0].id
+        return [m.id for m in ranked]
 
     def _check_lease_access(self, lease_id: str, token: str) -> None:
         if not LEASE_ID.match(lease_id):

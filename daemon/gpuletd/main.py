@@ -18,7 +18,7 @@ import structlog
 
 from gpulet.address import default_address, socket_path
 from gpuletd import __version__
-from gpuletd.active_profile import ActiveProfile, resolve_active_profile
+from gpuletd.active_profile import ActiveProfile, resolve_active_profile, startup_fields
 from gpuletd.backends.strays import MARK
 from gpuletd.config import Config, config_paths, load_config
 from gpuletd.config_errors import ConfigError
@@ -69,7 +69,12 @@ signals:
   PIPE              logged and ignored
 
 profile precedence: --profile > GPULET_DEPLOYMENT_PROFILE > config `profile =` >
-auto-detection from the GPUs > development. `--set FIELD=VALUE` then overrides single fields.
+auto-detection from the GPUs > development; each of the three takes a name, a profile file's
+path (a relative one in the config is relative to the config file's folder) or a comma list.
+`--set FIELD=VALUE` then overrides single fields; `gpulet admin profile` switches at run time.
+An unknown --profile is an error; an unknown name from the environment or the config is skipped
+with a warning (check-config exits 2 on it). Auto-detection derives a dynamic profile when no
+predefined one fits the GPUs well (docs/profiles.md).
 """
 
 
@@ -82,7 +87,13 @@ def _parser() -> argparse.ArgumentParser:
         help="TOML config file (default: /etc/gpulet/gpulet.toml and /etc/gpulet/conf.d/*.toml,"
         " if present; none needed)",
     )
-    common.add_argument("--profile", metavar="NAME", help="force a deployment profile")
+    common.add_argument(
+        "--profile",
+        metavar="SPEC",
+        help="force a deployment profile: a NAME, a PATH to a TOML or JSON profile file (it "
+        "has a '/' or ends in .toml/.json), or several of those joined by commas, later ones "
+        "patching earlier (balanced_24gb,./low_latency.json)",
+    )
     common.add_argument(
         "--set",
         metavar="FIELD=VALUE",
@@ -185,6 +196,24 @@ def _parser() -> argparse.ArgumentParser:
         "(default: STATE_DIR/logs)",
     )
     serve.add_argument(
+        "--on-stop",
+        choices=["stop", "keep"],
+        default="stop",
+        help="what TERM, INT and QUIT do: stop (every backend, and clear the saved state) or "
+        "keep (save the state and exit as a hand-off does, without re-executing): for "
+        "Kubernetes, whose only way to end a pod is TERM, so that the next pod on the node "
+        "restores the leases (default: stop)",
+    )
+    serve.add_argument(
+        "--labels-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="keep node labels for Kubernetes node-feature-discovery in PATH (e.g. "
+        "/etc/kubernetes/node-feature-discovery/features.d/gpulet), rewritten when the "
+        "profile, GPUs or models change and before they expire; removed at a clean stop",
+    )
+    serve.add_argument(
         "--poll-interval",
         type=_poll_interval,
         default=1.0,
@@ -256,6 +285,7 @@ def _effective(config: Config, active: ActiveProfile, poller: ProbePoller) -> di
             "usable_vram_mb": active.usable_vram_mb,
             "warnings": list(active.warnings),
             "overrides": list(active.overrides),
+            "derived_from": active.derived_from,
             **profile_values(p, plain=True),
         },
         "profiles": sorted(config.profiles),
@@ -279,6 +309,14 @@ async def _check_config(ns: argparse.Namespace) -> int:
     print(json.dumps(_effective(config, active, poller), indent=2))
     for w in active.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    if active.rejected:
+        # The daemon would serve (on the next source), but the value is a mistake: fail CI.
+        print(
+            "gpuletd: error: a profile from the environment or the config names no usable "
+            "profile (see the warning above)",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
@@ -313,6 +351,10 @@ async def _serve(ns: argparse.Namespace) -> int:
             f"socket path {admin_path} is longer than the 107 bytes a Unix socket allows; "
             "choose a shorter path",
         )
+    if ns.labels_file is not None and not ns.labels_file.absolute().parent.is_dir():
+        raise ConfigError(
+            "--labels-file", f"directory {ns.labels_file.absolute().parent} does not exist"
+        )
     if ns.socket_group:
         try:
             grp.getgrnam(ns.socket_group)
@@ -346,6 +388,7 @@ async def _serve(ns: argparse.Namespace) -> int:
             log_dir=(ns.backend_log_dir or state_dir / LOG_SUBDIR).absolute(),
             stop_grace_s=ns.stop_grace,
             check_invariants=os.environ.get("GPULET_CHECK_INVARIANTS") == "1",
+            labels_file=ns.labels_file.absolute() if ns.labels_file else None,
         )
         # Before adopting backends: a bad --metrics stops the start with nothing touched.
         metrics = await start_metrics(daemon, ns.metrics) if ns.metrics else None
@@ -395,6 +438,8 @@ async def _serve(ns: argparse.Namespace) -> int:
             state_dir=str(state_dir),
             metrics=ns.metrics,
         )
+        models = len(config.registry.models)
+        log.info("profile.selected", **startup_fields(active, poller.gpus), models=models)
         for w in active.warnings:
             log.warning("profile.warned", warning=w)
         interval = watchdog_interval()
@@ -411,7 +456,7 @@ async def _serve(ns: argparse.Namespace) -> int:
         await asyncio.gather(server.grpc_server.stop(grace=5), admin_server.stop(grace=5))
         if metrics is not None:
             metrics.close()
-        if ending is Ending.HANDOFF:
+        if ending is Ending.HANDOFF or ns.on_stop == "keep":
             await daemon.handoff()
             await poller.close()
         else:

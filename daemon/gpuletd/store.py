@@ -29,6 +29,7 @@ __all__ = [
     "BUSY_TIMEOUT_MS",
     "SCHEMA_VERSION",
     "Footprint",
+    "Measurement",
     "SavedCore",
     "StateStore",
     "StoreError",
@@ -73,7 +74,20 @@ _TABLES: Final = {
         load_seconds REAL,
         updated_wall REAL NOT NULL
     )""",
+    # What the probe measured beyond the core's footprint (seed 003): the largest footprint
+    # seen, how many healthy loads were measured, and the last stop-to-gone time.
+    "measurements": """CREATE TABLE measurements (
+        model_id TEXT PRIMARY KEY NOT NULL,
+        peak_mb INTEGER,
+        loads INTEGER NOT NULL,
+        unload_seconds REAL,
+        unloads INTEGER NOT NULL,
+        updated_wall REAL NOT NULL
+    )""",
 }
+# Tables added after schema 1 shipped. Created on open when missing, so a file from the release
+# before keeps its state; no version bump, since a release that lacks them ignores them.
+_ADDED_TABLES: Final = ("measurements",)
 
 _SAVE_CORE: Final = """
     INSERT INTO core (id, snapshot, saved_wall, saved_mono, boot_id) VALUES (1, ?, ?, ?, ?)
@@ -83,6 +97,12 @@ _SAVE_CORE: Final = """
 _PUT_BACKEND: Final = """
     INSERT INTO backends (model_id, record, updated_wall) VALUES (?, ?, ?)
     ON CONFLICT (model_id) DO UPDATE SET record = excluded.record,
+        updated_wall = excluded.updated_wall"""
+_PUT_MEASUREMENT: Final = """
+    INSERT INTO measurements (model_id, peak_mb, loads, unload_seconds, unloads, updated_wall)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (model_id) DO UPDATE SET peak_mb = excluded.peak_mb, loads = excluded.loads,
+        unload_seconds = excluded.unload_seconds, unloads = excluded.unloads,
         updated_wall = excluded.updated_wall"""
 _PUT_FOOTPRINT: Final = """
     INSERT INTO footprints (model_id, measured_mb, load_seconds, updated_wall)
@@ -125,6 +145,14 @@ class Footprint:
     measured_mb: int | None
     load_seconds: float | None
     updated_wall: float
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    peak_mb: int | None
+    loads: int
+    unload_seconds: float | None
+    unloads: int
 
 
 class _Unusable(Exception):
@@ -230,6 +258,10 @@ class StateStore:
         params = (model_id, measured_mb, load_seconds, time())
         self._write(f"save the footprint of {model_id!r}", _PUT_FOOTPRINT, params)
 
+    def put_measurement(self, model_id: str, m: Measurement) -> None:
+        params = (model_id, m.peak_mb, m.loads, m.unload_seconds, m.unloads, time())
+        self._write(f"save the measurements of {model_id!r}", _PUT_MEASUREMENT, params)
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Groups writes into one commit: all of them are durable on exit, or none (the block
@@ -287,6 +319,11 @@ class StateStore:
         sql = "SELECT model_id, measured_mb, load_seconds, updated_wall FROM footprints"
         rows = self._read("read footprints", sql + " ORDER BY model_id")
         return {mid: Footprint(mb, secs, wall) for mid, mb, secs, wall in rows}
+
+    def measurements(self) -> dict[str, Measurement]:
+        sql = "SELECT model_id, peak_mb, loads, unload_seconds, unloads FROM measurements"
+        rows = self._read("read measurements", sql + " ORDER BY model_id")
+        return {mid: Measurement(mb, n, secs, u) for mid, mb, n, secs, u in rows}
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -421,6 +458,7 @@ def _open_checked(path: Path) -> sqlite3.Connection:
         conn.execute("BEGIN IMMEDIATE")
         if version == 0:
             _create_schema(conn)
+        _add_missing_tables(conn)
         _check_schema(conn)
         problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
         if problems != ["ok"]:
@@ -462,6 +500,12 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     for ddl in _TABLES.values():
         conn.execute(ddl)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _add_missing_tables(conn: sqlite3.Connection) -> None:
+    for table in _ADDED_TABLES:
+        if not _shape(conn, table):
+            conn.execute(_TABLES[table])
 
 
 def _check_schema(conn: sqlite3.Connection) -> None:

@@ -11,19 +11,37 @@ from gpuletd.config import load_config
 from gpuletd.daemon import Daemon
 from gpuletd.probe.poller import ProbePoller
 from gpuletd.probe.simulated import SimulatedProbe, parse_simulated_gpus
+from gpuletd.probe.types import GpuProbe
 from gpuletd.runtime import Runtime
 from gpuletd.server import build_server
 from tests.helpers import short_tmpdir
 
 
 @pytest.fixture
-async def channel() -> AsyncIterator[grpc.aio.Channel]:
+def service_config() -> str | None:
+    """The config text the service runs with; None: no config (the example registry). A test
+    module overrides this fixture (and `service_probe`) to serve its own setup."""
+    return None
+
+
+@pytest.fixture
+def service_probe() -> GpuProbe:
+    """The GPU probe the service polls: one simulated 16 GB GPU unless a module overrides it
+    (e.g. NvmlProbe over tests/fakes/fake_nvml.py)."""
+    return SimulatedProbe(parse_simulated_gpus("16384"))
+
+
+@pytest.fixture
+async def channel(
+    service_config: str | None, service_probe: GpuProbe
+) -> AsyncIterator[grpc.aio.Channel]:
     """A real grpc.aio server on a temporary Unix socket: grpcio-testing cannot exercise
     async servicers (they silently pass), so the services are tested over the wire."""
-    config = load_config([])
-    poller = ProbePoller(SimulatedProbe(parse_simulated_gpus("16384")))
+    texts = [("gpulet.toml", service_config)] if service_config is not None else []
+    config = load_config([], texts=texts)
+    poller = ProbePoller(service_probe)
     await poller.open()
-    active = resolve_active_profile(config.profiles, poller.gpus)
+    active = resolve_active_profile(config.profiles, poller.gpus, config=config.profile)
     runtime = Runtime(config, active, poller)
     tmp = short_tmpdir()
     daemon = Daemon(runtime, state_dir=None, log_dir=tmp / "logs")

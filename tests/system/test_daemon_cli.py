@@ -105,9 +105,12 @@ def test_second_daemon_on_the_same_socket_refuses(d16: Daemon) -> None:
         ("24576", "balanced_24gb"),
         ("16384,16384", "multi_gpu_2x16gb"),
         ("98304", "generous_96gb"),
-        ("8192", "development"),
-        ("24576,16384", "balanced_24gb"),
-        ("24576,24576,24576", "generous_96gb"),
+        ("12288", "development"),
+        # Where the seed's match does not fit the machine: a dynamic profile (docs/profiles.md).
+        ("8192", "dynamic_1x8gb"),
+        ("81920", "dynamic_1x80gb"),
+        ("24576,16384", "dynamic_1x24gb_1x16gb"),
+        ("24576,24576,24576", "dynamic_3x24gb"),
     ],
 )
 def test_hardware_rows_pick_their_profile(spec: str, expected: str) -> None:

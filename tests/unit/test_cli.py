@@ -103,6 +103,13 @@ def test_models_json_keeps_its_keys(h: Harness, capsys: pytest.CaptureFixture[st
         "idle_seconds": None,
         "reservation_mb": 1200,
         "endpoint": "",
+        "measured_mb": None,
+        "peak_mb": None,
+        "load_seconds": None,
+        "unload_seconds": None,
+        "measured_loads": 0,
+        "confidence": "unspecified",
+        "engine": "",
     }
 
 

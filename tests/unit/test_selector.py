@@ -1,13 +1,24 @@
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
 
 import pytest
 
 from gpuletd.config import load_config
+from gpuletd.probe.types import GpuSnapshot, GpuState, MigMode
 from gpuletd.profiles import BUILTIN_PROFILES, Bias
 from gpuletd.registry import Backend, Model, Registry
-from gpuletd.selector import ExplainStatus, InvalidTopN, UnknownRole, explain, select
+from gpuletd.selector import (
+    ExplainStatus,
+    Hardware,
+    InvalidTopN,
+    Limit,
+    UnknownRole,
+    explain,
+    misfits,
+    select,
+)
 
 REG = load_config([]).registry
 P = BUILTIN_PROFILES
@@ -101,3 +112,82 @@ def test_explain_rank_matches_select_order() -> None:
     ranked = ids(select(REG, P["balanced_24gb"], "description", 5))
     for i, mid in enumerate(ranked, start=1):
         assert explain(REG, P["balanced_24gb"], "description", mid).rank == i
+
+
+# -- the machine: candidates must fit the GPUs, not only the budget (issue 9, item 2) ---------
+
+
+def _gpu(i: int, total_mb: int, cc: tuple[int, int] | None = (8, 9)) -> GpuSnapshot:
+    return GpuSnapshot(
+        index=i,
+        uuid=f"GPU-{i}",
+        name="sim",
+        pci_bus_id=f"0:{i}",
+        total_mb=total_mb,
+        free_mb=total_mb,
+        used_mb=0,
+        reserved_mb=0,
+        compute_capability=cc,
+        mig_mode=MigMode.DISABLED,
+    )
+
+
+def test_a_model_too_large_for_the_gpu_is_left_out_and_explained() -> None:
+    reg = _reg(("big", "q4_k_m", 9000, 90), ("small", "q4_k_m", 4000, 70))
+    hw = Hardware.of([_gpu(0, 8192)])  # 6144 MiB usable after the 2048 MiB headroom
+    dev = P["development"]
+    assert ids(select(reg, dev, "r", 3)) == ["big", "small"]  # by the budget alone
+    assert ids(select(reg, dev, "r", 3, hardware=hw)) == ["small"]
+    (out,) = misfits(reg, dev, "r", hardware=hw)
+    assert (out.model_id, out.limit) == ("big", Limit.GPU_MEMORY)
+    e = explain(reg, dev, "r", "big", hardware=hw)
+    assert (e.status, e.limit) == (ExplainStatus.REJECTED, Limit.GPU_MEMORY)
+    assert "largest GPU" in e.reason and "6144 MiB usable" in e.reason
+    assert explain(reg, dev, "r", "small", hardware=hw).rank == 1
+
+
+def test_the_budget_is_named_when_it_is_the_limit() -> None:
+    reg = _reg(("big", "q4_k_m", 12000, 90))
+    e = explain(reg, P["development"], "r", "big", hardware=Hardware.of([_gpu(0, 81920)]))
+    assert (e.status, e.limit) == (ExplainStatus.REJECTED, Limit.PROFILE_BUDGET)
+
+
+def test_a_measured_footprint_counts_instead_of_the_estimate() -> None:
+    reg = _reg(("a", "q4_k_m", 5000, 90), ("b", "q4_k_m", 3000, 50))
+    hw = Hardware.of([_gpu(0, 8192)], {"a": 7000})
+    assert ids(select(reg, P["development"], "r", 3, hardware=hw)) == ["b"]
+
+
+def test_tensor_parallel_spans_let_a_model_larger_than_one_gpu_in() -> None:
+    reg = _reg(("big", "fp8", 20000, 90), ("small", "fp8", 4000, 50))
+    two = Hardware.of([_gpu(0, 16384), _gpu(1, 16384)])
+    tp = P["multi_gpu_2x16gb"]  # splits models over 12000 MiB across its 2 GPUs
+    assert ids(select(reg, tp, "r", 3, hardware=two)) == ["big", "small"]
+    # One GPU of the pair: the same model needs 2 GPUs and there is 1.
+    one = Hardware.of([_gpu(0, 16384)])
+    assert ids(select(reg, tp, "r", 3, hardware=one)) == ["small"]
+    assert misfits(reg, tp, "r", hardware=one)[0].limit is Limit.GPU_COUNT
+
+
+def test_a_lost_gpu_offers_nothing() -> None:
+    reg = _reg(("a", "q4_k_m", 3000, 90))
+    lost = dataclasses.replace(_gpu(0, 24576), state=GpuState.LOST)
+    assert select(reg, P["balanced_24gb"], "r", 3, hardware=Hardware.of([lost])) == []
+
+
+def test_bf16_wins_ties_on_ampere_and_loses_them_before() -> None:
+    # balanced_24gb lists neither bf16 nor fp16: only the GPU generation can break the tie.
+    reg = _reg(("f", "fp16", 8000, 50), ("b", "bf16", 8000, 50))
+    p = P["balanced_24gb"]
+    ada = Hardware.of([_gpu(0, 24576, (8, 9))])
+    turing = Hardware.of([_gpu(0, 24576, (7, 5))])
+    unknown = Hardware.of([_gpu(0, 24576, None)])
+    assert ada.bf16_native is True and turing.bf16_native is False
+    assert unknown.bf16_native is None
+    assert ids(select(reg, p, "r", 2, hardware=ada)) == ["b", "f"]
+    assert ids(select(reg, p, "r", 2, hardware=turing)) == ["f", "b"]
+    assert ids(select(reg, p, "r", 2, hardware=unknown)) == ["b", "f"]  # by id
+    # A stated preference comes first: generous_96gb lists bf16 before fp16 anyway, and the
+    # tie-break never outranks role priority.
+    reg2 = _reg(("f", "fp16", 8000, 60), ("b", "bf16", 8000, 50))
+    assert ids(select(reg2, p, "r", 2, hardware=ada)) == ["f", "b"]

@@ -25,6 +25,13 @@ def profile(p: Profile) -> dict[str, Any]:
         "tensor_parallel_threshold_mb": p.tensor_parallel_threshold_mb,
         "headroom_mb": p.headroom_mb,
         "builtin": p.builtin,
+        "category": p.category,
+        "use_case": p.use_case,
+        "tags": list(p.tags),
+        "recommended_for": list(p.recommended_for),
+        "layer_names": list(p.layer_names),
+        "layers_count": p.layers_count,
+        "engine": dict(p.engine),
     }
 
 
@@ -59,6 +66,7 @@ def active_profile(a: ActiveProfile) -> dict[str, Any]:
         "usable_vram_mb": a.usable_vram_mb,
         "warnings": list(a.warnings),
         "overrides": list(a.overrides),
+        "derived_from": a.derived_from,
         "probe": a.probe,
         "available_profiles": list(a.available_profiles),
         "gpus": [gpu(g) for g in a.gpus],
@@ -79,6 +87,13 @@ def model(m: Model) -> dict[str, Any]:
         "idle_seconds": m.idle_seconds,
         "reservation_mb": m.reservation_mb,
         "endpoint": m.endpoint,
+        "measured_mb": m.measured_mb,
+        "peak_mb": m.peak_mb,
+        "load_seconds": m.load_seconds,
+        "unload_seconds": m.unload_seconds,
+        "measured_loads": m.measured_loads,
+        "confidence": m.confidence.value,
+        "engine": m.engine,
     }
 
 
@@ -88,6 +103,9 @@ def explanation(e: Explanation) -> dict[str, Any]:
         "reason": e.reason,
         "rank": e.rank,
         "profile": e.profile,
+        "limit": e.limit.value,
+        "model_selection_bias": e.model_selection_bias.value,
+        "engine": e.engine,
         "role": e.role,
         "model_id": e.model_id,
     }

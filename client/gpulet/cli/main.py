@@ -10,7 +10,20 @@ from collections.abc import Callable, Sequence
 
 import gpulet
 from gpulet.address import default_address
-from gpulet.cli import admin, args, lease, models, plan, profile, queue, run, status, watch
+from gpulet.cli import (
+    admin,
+    args,
+    health,
+    labels,
+    lease,
+    models,
+    plan,
+    profile,
+    queue,
+    run,
+    status,
+    watch,
+)
 from gpulet.cli.exits import HELP, Exit, exit_code
 from gpulet.cli.output import err
 from gpulet.client import Client
@@ -57,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     psub = prof.add_subparsers(dest="profile_command", metavar="COMMAND", required=True)
     add("show", profile.profile_show, "the active profile, why it was chosen, and the GPUs", psub)
     add("list", profile.profile_list, "every known profile, the active one starred", psub)
+    p = add("get", profile.profile_get, "one profile: its fields, metadata and layers", psub)
+    p.add_argument("name", type=args.identifier("profile"), help="the profile's name")
     p = add("gpus", profile.gpus, "live memory of each GPU and the models placed on it")
     p.add_argument(
         "--processes",
@@ -74,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="how many (default 3)",
     )
+    p.add_argument(
+        "--profile",
+        type=args.identifier("profile"),
+        default=None,
+        metavar="NAME",
+        help="what this machine would offer under that profile (default: the active one)",
+    )
     p = add(
         "explain",
         models.explain,
@@ -81,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("role", type=args.identifier("role"))
     p.add_argument("model", type=args.identifier("model id"), help="as in `gpulet models`")
+    p.add_argument(
+        "--profile",
+        type=args.identifier("profile"),
+        default=None,
+        metavar="NAME",
+        help="explain under that profile on this machine (default: the active one)",
+    )
     lease_p = sub.add_parser("lease", help="acquire, renew, release and list leases")
     lsub = lease_p.add_subparsers(dest="lease_command", metavar="COMMAND", required=True)
     p = add(
@@ -135,6 +164,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ACTION",
         help="when the lease is lost: term (SIGTERM, then SIGKILL after a grace; the "
         "default), ignore, or a signal name or number to send to COMMAND",
+    )
+    health.add_arguments(
+        add(
+            "health",
+            health.health,
+            "whether gpuletd serves (grpc.health.v1): exit 0 if so, 6 if not; for probes",
+        )
+    )
+    labels.add_arguments(
+        add(
+            "labels",
+            labels.labels,
+            "this node's labels for Kubernetes node-feature-discovery, printed or written "
+            "as its feature file (--output)",
+        )
     )
     admin.add_parser(sub, out)
     return ap

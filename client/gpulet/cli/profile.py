@@ -1,4 +1,4 @@
-"""`gpulet profile show|list` and `gpulet gpus`."""
+"""`gpulet profile show|list|get` and `gpulet gpus`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from gpulet.cli import as_json
 from gpulet.cli.output import print_json, say, table
 from gpulet.client import Client
 
-__all__ = ["gpus", "profile_list", "profile_show"]
+__all__ = ["gpus", "profile_get", "profile_list", "profile_show"]
 
 
 def _mb(value: int | None) -> str:
@@ -23,6 +23,8 @@ def profile_show(client: Client, ns: argparse.Namespace) -> int:
     p = a.profile
     say(f"profile   {p.name} (source: {a.source}: ", a.reason, ")")
     say("          ", p.description)
+    if a.derived_from:
+        say("derived   from ", a.derived_from, ", sized to these GPUs")
     say(
         f"budget    {p.max_vram_mb} MiB of {a.usable_vram_mb} MiB usable, "
         f"{p.max_concurrent_models} model(s) at once, strategy {p.strategy}"
@@ -46,6 +48,31 @@ def profile_show(client: Client, ns: argparse.Namespace) -> int:
     return 0
 
 
+def profile_get(client: Client, ns: argparse.Namespace) -> int:
+    p = client.get_profile(ns.name)
+    if ns.json:
+        print_json(as_json.profile(p))
+        return 0
+    say(f"profile   {p.name}", " (built in)" if p.builtin else "")
+    say("          ", p.description)
+    if p.category or p.use_case:
+        say("category  ", p.category or "-", "  ", p.use_case)
+    if p.tags:
+        say("tags      ", ", ".join(p.tags))
+    if p.recommended_for:
+        say("for       ", ", ".join(p.recommended_for))
+    say(f"layers    {p.layers_count}: ", " -> ".join(p.layer_names))
+    say(
+        f"budget    {p.max_vram_mb} MiB, {p.max_concurrent_models} model(s) at once, "
+        f"{p.gpu_count} GPU(s), strategy {p.strategy}"
+    )
+    say(f"selection {p.model_selection_bias}, quantizations ", ", ".join(p.preferred_quantizations))
+    say(
+        f"timers    autostart {p.autostart_timeout_seconds:g} s, grace {p.grace_period_seconds:g} s"
+    )
+    return 0
+
+
 def profile_list(client: Client, ns: argparse.Namespace) -> int:
     r = client.list_profiles()
     if ns.json:
@@ -53,11 +80,12 @@ def profile_list(client: Client, ns: argparse.Namespace) -> int:
         print_json({"profiles": profiles, "active": r.active})
         return 0
     table(
-        ["", "NAME", "MAX_VRAM_MB", "MODELS", "STRATEGY", "BIAS", "DESCRIPTION"],
+        ["", "NAME", "CATEGORY", "MAX_VRAM_MB", "MODELS", "STRATEGY", "BIAS", "DESCRIPTION"],
         [
             [
                 "*" if p.name == r.active else "",
                 p.name,
+                p.category,
                 p.max_vram_mb,
                 p.max_concurrent_models,
                 p.strategy,

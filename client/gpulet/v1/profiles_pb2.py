@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from gpulet.v1 import types_pb2 as gpulet_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gpulet/v1/profiles.proto\x12\tgpulet.v1\x1a\x15gpulet/v1/types.proto\"\x19\n\x17GetActiveProfileRequest\"\xff\x01\n\x18GetActiveProfileResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.gpulet.v1.Profile\x12(\n\x06source\x18\x02 \x01(\x0e\x32\x18.gpulet.v1.ProfileSource\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x1c\n\x04gpus\x18\x04 \x03(\x0b\x32\x0e.gpulet.v1.Gpu\x12\x16\n\x0eusable_vram_mb\x18\x05 \x01(\x03\x12\x1a\n\x12\x61vailable_profiles\x18\x06 \x03(\t\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12\r\n\x05probe\x18\x08 \x01(\t\x12\x11\n\toverrides\x18\t \x03(\t\"\x15\n\x13ListProfilesRequest\"L\n\x14ListProfilesResponse\x12$\n\x08profiles\x18\x01 \x03(\x0b\x32\x12.gpulet.v1.Profile\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\t\"!\n\x11GetProfileRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x12GetProfileResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.gpulet.v1.Profile\"0\n\x13GetGpuStatusRequest\x12\x19\n\x11include_processes\x18\x01 \x01(\x08\"C\n\x14GetGpuStatusResponse\x12\x1c\n\x04gpus\x18\x01 \x03(\x0b\x32\x0e.gpulet.v1.Gpu\x12\r\n\x05probe\x18\x02 \x01(\t*\xca\x01\n\rProfileSource\x12\x1e\n\x1aPROFILE_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13PROFILE_SOURCE_FLAG\x10\x01\x12\x16\n\x12PROFILE_SOURCE_ENV\x10\x02\x12\x19\n\x15PROFILE_SOURCE_CONFIG\x10\x03\x12\x17\n\x13PROFILE_SOURCE_AUTO\x10\x04\x12\x1a\n\x16PROFILE_SOURCE_DEFAULT\x10\x05\x12\x18\n\x14PROFILE_SOURCE_ADMIN\x10\x06\x32\xda\x02\n\x0eProfileService\x12[\n\x10GetActiveProfile\x12\".gpulet.v1.GetActiveProfileRequest\x1a#.gpulet.v1.GetActiveProfileResponse\x12O\n\x0cListProfiles\x12\x1e.gpulet.v1.ListProfilesRequest\x1a\x1f.gpulet.v1.ListProfilesResponse\x12I\n\nGetProfile\x12\x1c.gpulet.v1.GetProfileRequest\x1a\x1d.gpulet.v1.GetProfileResponse\x12O\n\x0cGetGpuStatus\x12\x1e.gpulet.v1.GetGpuStatusRequest\x1a\x1f.gpulet.v1.GetGpuStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gpulet/v1/profiles.proto\x12\tgpulet.v1\x1a\x15gpulet/v1/types.proto\"\x19\n\x17GetActiveProfileRequest\"\x95\x02\n\x18GetActiveProfileResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.gpulet.v1.Profile\x12(\n\x06source\x18\x02 \x01(\x0e\x32\x18.gpulet.v1.ProfileSource\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x1c\n\x04gpus\x18\x04 \x03(\x0b\x32\x0e.gpulet.v1.Gpu\x12\x16\n\x0eusable_vram_mb\x18\x05 \x01(\x03\x12\x1a\n\x12\x61vailable_profiles\x18\x06 \x03(\t\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12\r\n\x05probe\x18\x08 \x01(\t\x12\x11\n\toverrides\x18\t \x03(\t\x12\x14\n\x0c\x64\x65rived_from\x18\n \x01(\t\"\x15\n\x13ListProfilesRequest\"L\n\x14ListProfilesResponse\x12$\n\x08profiles\x18\x01 \x03(\x0b\x32\x12.gpulet.v1.Profile\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\t\"!\n\x11GetProfileRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x12GetProfileResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.gpulet.v1.Profile\"0\n\x13GetGpuStatusRequest\x12\x19\n\x11include_processes\x18\x01 \x01(\x08\"C\n\x14GetGpuStatusResponse\x12\x1c\n\x04gpus\x18\x01 \x03(\x0b\x32\x0e.gpulet.v1.Gpu\x12\r\n\x05probe\x18\x02 \x01(\t*\xca\x01\n\rProfileSource\x12\x1e\n\x1aPROFILE_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13PROFILE_SOURCE_FLAG\x10\x01\x12\x16\n\x12PROFILE_SOURCE_ENV\x10\x02\x12\x19\n\x15PROFILE_SOURCE_CONFIG\x10\x03\x12\x17\n\x13PROFILE_SOURCE_AUTO\x10\x04\x12\x1a\n\x16PROFILE_SOURCE_DEFAULT\x10\x05\x12\x18\n\x14PROFILE_SOURCE_ADMIN\x10\x06\x32\xda\x02\n\x0eProfileService\x12[\n\x10GetActiveProfile\x12\".gpulet.v1.GetActiveProfileRequest\x1a#.gpulet.v1.GetActiveProfileResponse\x12O\n\x0cListProfiles\x12\x1e.gpulet.v1.ListProfilesRequest\x1a\x1f.gpulet.v1.ListProfilesResponse\x12I\n\nGetProfile\x12\x1c.gpulet.v1.GetProfileRequest\x1a\x1d.gpulet.v1.GetProfileResponse\x12O\n\x0cGetGpuStatus\x12\x1e.gpulet.v1.GetGpuStatusRequest\x1a\x1f.gpulet.v1.GetGpuStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpulet.v1.profiles_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROFILESOURCE']._serialized_start=662
-  _globals['_PROFILESOURCE']._serialized_end=864
+  _globals['_PROFILESOURCE']._serialized_start=684
+  _globals['_PROFILESOURCE']._serialized_end=886
   _globals['_GETACTIVEPROFILEREQUEST']._serialized_start=62
   _globals['_GETACTIVEPROFILEREQUEST']._serialized_end=87
   _globals['_GETACTIVEPROFILERESPONSE']._serialized_start=90
-  _globals['_GETACTIVEPROFILERESPONSE']._serialized_end=345
-  _globals['_LISTPROFILESREQUEST']._serialized_start=347
-  _globals['_LISTPROFILESREQUEST']._serialized_end=368
-  _globals['_LISTPROFILESRESPONSE']._serialized_start=370
-  _globals['_LISTPROFILESRESPONSE']._serialized_end=446
-  _globals['_GETPROFILEREQUEST']._serialized_start=448
-  _globals['_GETPROFILEREQUEST']._serialized_end=481
-  _globals['_GETPROFILERESPONSE']._serialized_start=483
-  _globals['_GETPROFILERESPONSE']._serialized_end=540
-  _globals['_GETGPUSTATUSREQUEST']._serialized_start=542
-  _globals['_GETGPUSTATUSREQUEST']._serialized_end=590
-  _globals['_GETGPUSTATUSRESPONSE']._serialized_start=592
-  _globals['_GETGPUSTATUSRESPONSE']._serialized_end=659
-  _globals['_PROFILESERVICE']._serialized_start=867
-  _globals['_PROFILESERVICE']._serialized_end=1213
+  _globals['_GETACTIVEPROFILERESPONSE']._serialized_end=367
+  _globals['_LISTPROFILESREQUEST']._serialized_start=369
+  _globals['_LISTPROFILESREQUEST']._serialized_end=390
+  _globals['_LISTPROFILESRESPONSE']._serialized_start=392
+  _globals['_LISTPROFILESRESPONSE']._serialized_end=468
+  _globals['_GETPROFILEREQUEST']._serialized_start=470
+  _globals['_GETPROFILEREQUEST']._serialized_end=503
+  _globals['_GETPROFILERESPONSE']._serialized_start=505
+  _globals['_GETPROFILERESPONSE']._serialized_end=562
+  _globals['_GETGPUSTATUSREQUEST']._serialized_start=564
+  _globals['_GETGPUSTATUSREQUEST']._serialized_end=612
+  _globals['_GETGPUSTATUSRESPONSE']._serialized_start=614
+  _globals['_GETGPUSTATUSRESPONSE']._serialized_end=681
+  _globals['_PROFILESERVICE']._serialized_start=889
+  _globals['_PROFILESERVICE']._serialized_end=1235
 # @@protoc_insertion_point(module_scope)

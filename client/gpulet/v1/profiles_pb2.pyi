@@ -75,6 +75,7 @@ class GetActiveProfileResponse(_message.Message):
     WARNINGS_FIELD_NUMBER: _builtins.int
     PROBE_FIELD_NUMBER: _builtins.int
     OVERRIDES_FIELD_NUMBER: _builtins.int
+    DERIVED_FROM_FIELD_NUMBER: _builtins.int
     source: Global___ProfileSource.ValueType
     reason: _builtins.str
     """Why this profile: the flag, variable or file, or the auto-detection rule that matched."""
@@ -82,6 +83,10 @@ class GetActiveProfileResponse(_message.Message):
     """Σ (total − headroom) over the detected GPUs."""
     probe: _builtins.str
     """`nvml`, `simulated` or `none`."""
+    derived_from: _builtins.str
+    """A dynamic profile's predefined base (e.g. `generous_96gb` for `dynamic_1x80gb`); empty for
+    any other profile.
+    """
     @_builtins.property
     def profile(self) -> _types_pb2.Profile:
         """With `--set` overrides applied."""
@@ -110,10 +115,11 @@ class GetActiveProfileResponse(_message.Message):
         warnings: _abc.Iterable[_builtins.str] | None = ...,
         probe: _builtins.str = ...,
         overrides: _abc.Iterable[_builtins.str] | None = ...,
+        derived_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_profiles", b"available_profiles", "gpus", b"gpus", "overrides", b"overrides", "probe", b"probe", "profile", b"profile", "reason", b"reason", "source", b"source", "usable_vram_mb", b"usable_vram_mb", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_profiles", b"available_profiles", "derived_from", b"derived_from", "gpus", b"gpus", "overrides", b"overrides", "probe", b"probe", "profile", b"profile", "reason", b"reason", "source", b"source", "usable_vram_mb", b"usable_vram_mb", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,33 +25,37 @@ _sym_db = _symbol_database.Default()
 from gpulet.v1 import types_pb2 as gpulet_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gpulet/v1/selector.proto\x12\tgpulet.v1\x1a\x15gpulet/v1/types.proto\"A\n\x13SelectByRoleRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x12\n\x05top_n\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x08\n\x06_top_n\"C\n\tCandidate\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.gpulet.v1.Model\x12\x15\n\rrole_priority\x18\x02 \x01(\x05\"\xac\x01\n\x14SelectByRoleResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12(\n\ncandidates\x18\x03 \x03(\x0b\x32\x14.gpulet.v1.Candidate\x12\x13\n\x0bmax_vram_mb\x18\x04 \x01(\x03\x12\x36\n\x14model_selection_bias\x18\x05 \x01(\x0e\x32\x18.gpulet.v1.SelectionBias\"9\n\x17\x45xplainSelectionRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\"s\n\x18\x45xplainSelectionResponse\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.gpulet.v1.ExplainStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0f\n\x07profile\x18\x04 \x01(\t\"\x13\n\x11ListModelsRequest\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.gpulet.v1.Model\"\x12\n\x10ListRolesRequest\"\"\n\x11ListRolesResponse\x12\r\n\x05roles\x18\x01 \x03(\t*\xa6\x01\n\rExplainStatus\x12\x1e\n\x1a\x45XPLAIN_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XPLAIN_STATUS_ELIGIBLE\x10\x01\x12\x1b\n\x17\x45XPLAIN_STATUS_REJECTED\x10\x02\x12\x1d\n\x19\x45XPLAIN_STATUS_NO_SUPPORT\x10\x03\x12\x1c\n\x18\x45XPLAIN_STATUS_NOT_FOUND\x10\x04\x32\xd2\x02\n\x0fSelectorService\x12O\n\x0cSelectByRole\x12\x1e.gpulet.v1.SelectByRoleRequest\x1a\x1f.gpulet.v1.SelectByRoleResponse\x12[\n\x10\x45xplainSelection\x12\".gpulet.v1.ExplainSelectionRequest\x1a#.gpulet.v1.ExplainSelectionResponse\x12I\n\nListModels\x12\x1c.gpulet.v1.ListModelsRequest\x1a\x1d.gpulet.v1.ListModelsResponse\x12\x46\n\tListRoles\x12\x1b.gpulet.v1.ListRolesRequest\x1a\x1c.gpulet.v1.ListRolesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gpulet/v1/selector.proto\x12\tgpulet.v1\x1a\x15gpulet/v1/types.proto\"c\n\x13SelectByRoleRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x12\n\x05top_n\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07profile\x18\x03 \x01(\tH\x01\x88\x01\x01\x42\x08\n\x06_top_nB\n\n\x08_profile\"S\n\tCandidate\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.gpulet.v1.Model\x12\x15\n\rrole_priority\x18\x02 \x01(\x05\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\"V\n\x08\x45xcluded\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12(\n\x05limit\x18\x02 \x01(\x0e\x32\x19.gpulet.v1.SelectionLimit\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x92\x02\n\x14SelectByRoleResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12(\n\ncandidates\x18\x03 \x03(\x0b\x32\x14.gpulet.v1.Candidate\x12\x13\n\x0bmax_vram_mb\x18\x04 \x01(\x03\x12\x36\n\x14model_selection_bias\x18\x05 \x01(\x0e\x32\x18.gpulet.v1.SelectionBias\x12\r\n\x05top_n\x18\x06 \x01(\x05\x12%\n\x08\x65xcluded\x18\x07 \x03(\x0b\x32\x13.gpulet.v1.Excluded\x12\x1b\n\x0e\x62\x66\x31\x36_preferred\x18\x08 \x01(\x08H\x00\x88\x01\x01\x42\x11\n\x0f_bf16_preferred\"[\n\x17\x45xplainSelectionRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x14\n\x07profile\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_profile\"\xe5\x01\n\x18\x45xplainSelectionResponse\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.gpulet.v1.ExplainStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0f\n\x07profile\x18\x04 \x01(\t\x12(\n\x05limit\x18\x05 \x01(\x0e\x32\x19.gpulet.v1.SelectionLimit\x12\x36\n\x14model_selection_bias\x18\x06 \x01(\x0e\x32\x18.gpulet.v1.SelectionBias\x12\x0e\n\x06\x65ngine\x18\x07 \x01(\t\"\x13\n\x11ListModelsRequest\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.gpulet.v1.Model\"\x12\n\x10ListRolesRequest\"\"\n\x11ListRolesResponse\x12\r\n\x05roles\x18\x01 \x03(\t*\xb1\x01\n\x0eSelectionLimit\x12\x1f\n\x1bSELECTION_LIMIT_UNSPECIFIED\x10\x00\x12\"\n\x1eSELECTION_LIMIT_PROFILE_BUDGET\x10\x01\x12\x1e\n\x1aSELECTION_LIMIT_GPU_MEMORY\x10\x02\x12\x1d\n\x19SELECTION_LIMIT_GPU_COUNT\x10\x03\x12\x1b\n\x17SELECTION_LIMIT_PINNING\x10\x04*\xa6\x01\n\rExplainStatus\x12\x1e\n\x1a\x45XPLAIN_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XPLAIN_STATUS_ELIGIBLE\x10\x01\x12\x1b\n\x17\x45XPLAIN_STATUS_REJECTED\x10\x02\x12\x1d\n\x19\x45XPLAIN_STATUS_NO_SUPPORT\x10\x03\x12\x1c\n\x18\x45XPLAIN_STATUS_NOT_FOUND\x10\x04\x32\xd2\x02\n\x0fSelectorService\x12O\n\x0cSelectByRole\x12\x1e.gpulet.v1.SelectByRoleRequest\x1a\x1f.gpulet.v1.SelectByRoleResponse\x12[\n\x10\x45xplainSelection\x12\".gpulet.v1.ExplainSelectionRequest\x1a#.gpulet.v1.ExplainSelectionResponse\x12I\n\nListModels\x12\x1c.gpulet.v1.ListModelsRequest\x1a\x1d.gpulet.v1.ListModelsResponse\x12\x46\n\tListRoles\x12\x1b.gpulet.v1.ListRolesRequest\x1a\x1c.gpulet.v1.ListRolesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpulet.v1.selector_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXPLAINSTATUS']._serialized_start=683
-  _globals['_EXPLAINSTATUS']._serialized_end=849
+  _globals['_SELECTIONLIMIT']._serialized_start=1072
+  _globals['_SELECTIONLIMIT']._serialized_end=1249
+  _globals['_EXPLAINSTATUS']._serialized_start=1252
+  _globals['_EXPLAINSTATUS']._serialized_end=1418
   _globals['_SELECTBYROLEREQUEST']._serialized_start=62
-  _globals['_SELECTBYROLEREQUEST']._serialized_end=127
-  _globals['_CANDIDATE']._serialized_start=129
-  _globals['_CANDIDATE']._serialized_end=196
-  _globals['_SELECTBYROLERESPONSE']._serialized_start=199
-  _globals['_SELECTBYROLERESPONSE']._serialized_end=371
-  _globals['_EXPLAINSELECTIONREQUEST']._serialized_start=373
-  _globals['_EXPLAINSELECTIONREQUEST']._serialized_end=430
-  _globals['_EXPLAINSELECTIONRESPONSE']._serialized_start=432
-  _globals['_EXPLAINSELECTIONRESPONSE']._serialized_end=547
-  _globals['_LISTMODELSREQUEST']._serialized_start=549
-  _globals['_LISTMODELSREQUEST']._serialized_end=568
-  _globals['_LISTMODELSRESPONSE']._serialized_start=570
-  _globals['_LISTMODELSRESPONSE']._serialized_end=624
-  _globals['_LISTROLESREQUEST']._serialized_start=626
-  _globals['_LISTROLESREQUEST']._serialized_end=644
-  _globals['_LISTROLESRESPONSE']._serialized_start=646
-  _globals['_LISTROLESRESPONSE']._serialized_end=680
-  _globals['_SELECTORSERVICE']._serialized_start=852
-  _globals['_SELECTORSERVICE']._serialized_end=1190
+  _globals['_SELECTBYROLEREQUEST']._serialized_end=161
+  _globals['_CANDIDATE']._serialized_start=163
+  _globals['_CANDIDATE']._serialized_end=246
+  _globals['_EXCLUDED']._serialized_start=248
+  _globals['_EXCLUDED']._serialized_end=334
+  _globals['_SELECTBYROLERESPONSE']._serialized_start=337
+  _globals['_SELECTBYROLERESPONSE']._serialized_end=611
+  _globals['_EXPLAINSELECTIONREQUEST']._serialized_start=613
+  _globals['_EXPLAINSELECTIONREQUEST']._serialized_end=704
+  _globals['_EXPLAINSELECTIONRESPONSE']._serialized_start=707
+  _globals['_EXPLAINSELECTIONRESPONSE']._serialized_end=936
+  _globals['_LISTMODELSREQUEST']._serialized_start=938
+  _globals['_LISTMODELSREQUEST']._serialized_end=957
+  _globals['_LISTMODELSRESPONSE']._serialized_start=959
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1013
+  _globals['_LISTROLESREQUEST']._serialized_start=1015
+  _globals['_LISTROLESREQUEST']._serialized_end=1033
+  _globals['_LISTROLESRESPONSE']._serialized_start=1035
+  _globals['_LISTROLESRESPONSE']._serialized_end=1069
+  _globals['_SELECTORSERVICE']._serialized_start=1421
+  _globals['_SELECTORSERVICE']._serialized_end=1759
 # @@protoc_insertion_point(module_scope)

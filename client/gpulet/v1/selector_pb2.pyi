@@ -20,6 +20,36 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _SelectionLimit:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SelectionLimitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SelectionLimit.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SELECTION_LIMIT_UNSPECIFIED: _SelectionLimit.ValueType  # 0
+    SELECTION_LIMIT_PROFILE_BUDGET: _SelectionLimit.ValueType  # 1
+    """Its reservation exceeds the profile's max_vram_mb."""
+    SELECTION_LIMIT_GPU_MEMORY: _SelectionLimit.ValueType  # 2
+    """No GPU (or tensor-parallel span) of this machine has that much usable memory."""
+    SELECTION_LIMIT_GPU_COUNT: _SelectionLimit.ValueType  # 3
+    """It needs more usable GPUs than the machine (or its pinning) has."""
+    SELECTION_LIMIT_PINNING: _SelectionLimit.ValueType  # 4
+    """It is pinned to GPUs this machine does not have."""
+
+class SelectionLimit(_SelectionLimit, metaclass=_SelectionLimitEnumTypeWrapper):
+    """Which limit keeps a model that supports the role out of the candidates."""
+
+SELECTION_LIMIT_UNSPECIFIED: SelectionLimit.ValueType  # 0
+SELECTION_LIMIT_PROFILE_BUDGET: SelectionLimit.ValueType  # 1
+"""Its reservation exceeds the profile's max_vram_mb."""
+SELECTION_LIMIT_GPU_MEMORY: SelectionLimit.ValueType  # 2
+"""No GPU (or tensor-parallel span) of this machine has that much usable memory."""
+SELECTION_LIMIT_GPU_COUNT: SelectionLimit.ValueType  # 3
+"""It needs more usable GPUs than the machine (or its pinning) has."""
+SELECTION_LIMIT_PINNING: SelectionLimit.ValueType  # 4
+"""It is pinned to GPUs this machine does not have."""
+Global___SelectionLimit: _TypeAlias = SelectionLimit  # noqa: Y015
+
 class _ExplainStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -49,21 +79,30 @@ class SelectByRoleRequest(_message.Message):
 
     ROLE_FIELD_NUMBER: _builtins.int
     TOP_N_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     top_n: _builtins.int
     """Unset means 3; INVALID_ARGUMENT when < 1."""
+    profile: _builtins.str
+    """"What would I get under this profile" on this machine; unset or "" means the active one."""
     def __init__(
         self,
         *,
         role: _builtins.str = ...,
         top_n: _builtins.int | None = ...,
+        profile: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_n", b"_top_n", "top_n", b"top_n"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_profile", b"_profile", "_top_n", b"_top_n", "profile", b"profile", "top_n", b"top_n"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_n", b"_top_n", "role", b"role", "top_n", b"top_n"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_profile", b"_profile", "_top_n", b"_top_n", "profile", b"profile", "role", b"role", "top_n", b"top_n"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__profile: _TypeAlias = _typing.Literal["profile"]  # noqa: Y015
+    _WhichOneofArgType__profile: _TypeAlias = _typing.Literal["_profile", b"_profile"]  # noqa: Y015
     _WhichOneofReturnType__top_n: _TypeAlias = _typing.Literal["top_n"]  # noqa: Y015
     _WhichOneofArgType__top_n: _TypeAlias = _typing.Literal["_top_n", b"_top_n"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__profile) -> _WhichOneofReturnType__profile | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_n) -> _WhichOneofReturnType__top_n | None: ...
 
 Global___SelectByRoleRequest: _TypeAlias = SelectByRoleRequest  # noqa: Y015
@@ -74,8 +113,11 @@ class Candidate(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     ROLE_PRIORITY_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
     role_priority: _builtins.int
     """The model's priority for the requested role."""
+    engine: _builtins.str
+    """The model's serving engine (vllm, llama.cpp, ..., custom)."""
     @_builtins.property
     def model(self) -> _types_pb2.Model: ...
     def __init__(
@@ -83,14 +125,40 @@ class Candidate(_message.Message):
         *,
         model: _types_pb2.Model | None = ...,
         role_priority: _builtins.int = ...,
+        engine: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "role_priority", b"role_priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "model", b"model", "role_priority", b"role_priority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Candidate: _TypeAlias = Candidate  # noqa: Y015
+
+@_typing.final
+class Excluded(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    limit: Global___SelectionLimit.ValueType
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        limit: Global___SelectionLimit.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "model_id", b"model_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Excluded: _TypeAlias = Excluded  # noqa: Y015
 
 @_typing.final
 class SelectByRoleResponse(_message.Message):
@@ -101,12 +169,25 @@ class SelectByRoleResponse(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     MAX_VRAM_MB_FIELD_NUMBER: _builtins.int
     MODEL_SELECTION_BIAS_FIELD_NUMBER: _builtins.int
+    TOP_N_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
+    BF16_PREFERRED_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     profile: _builtins.str
     max_vram_mb: _builtins.int
     model_selection_bias: _types_pb2.SelectionBias.ValueType
+    top_n: _builtins.int
+    """The top_n used (the request's, or the default 3)."""
+    bf16_preferred: _builtins.bool
+    """True when every GPU runs bf16 natively (compute capability >= 8.0): among otherwise equal
+    candidates bf16 ranks first. False on older GPUs (bf16 ranks last); unset when unknown.
+    """
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Candidate]: ...
+    @_builtins.property
+    def excluded(self) -> _containers.RepeatedCompositeFieldContainer[Global___Excluded]:
+        """Models with the role that can never be placed under this profile here, by id."""
+
     def __init__(
         self,
         *,
@@ -115,12 +196,17 @@ class SelectByRoleResponse(_message.Message):
         candidates: _abc.Iterable[Global___Candidate] | None = ...,
         max_vram_mb: _builtins.int = ...,
         model_selection_bias: _types_pb2.SelectionBias.ValueType = ...,
+        top_n: _builtins.int = ...,
+        excluded: _abc.Iterable[Global___Excluded] | None = ...,
+        bf16_preferred: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bf16_preferred", b"_bf16_preferred", "bf16_preferred", b"bf16_preferred"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "max_vram_mb", b"max_vram_mb", "model_selection_bias", b"model_selection_bias", "profile", b"profile", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bf16_preferred", b"_bf16_preferred", "bf16_preferred", b"bf16_preferred", "candidates", b"candidates", "excluded", b"excluded", "max_vram_mb", b"max_vram_mb", "model_selection_bias", b"model_selection_bias", "profile", b"profile", "role", b"role", "top_n", b"top_n"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__bf16_preferred: _TypeAlias = _typing.Literal["bf16_preferred"]  # noqa: Y015
+    _WhichOneofArgType__bf16_preferred: _TypeAlias = _typing.Literal["_bf16_preferred", b"_bf16_preferred"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bf16_preferred) -> _WhichOneofReturnType__bf16_preferred | None: ...
 
 Global___SelectByRoleResponse: _TypeAlias = SelectByRoleResponse  # noqa: Y015
 
@@ -130,19 +216,25 @@ class ExplainSelectionRequest(_message.Message):
 
     ROLE_FIELD_NUMBER: _builtins.int
     MODEL_ID_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     model_id: _builtins.str
+    profile: _builtins.str
+    """As in SelectByRoleRequest: unset or "" means the active profile."""
     def __init__(
         self,
         *,
         role: _builtins.str = ...,
         model_id: _builtins.str = ...,
+        profile: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_profile", b"_profile", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_profile", b"_profile", "model_id", b"model_id", "profile", b"profile", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__profile: _TypeAlias = _typing.Literal["profile"]  # noqa: Y015
+    _WhichOneofArgType__profile: _TypeAlias = _typing.Literal["_profile", b"_profile"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__profile) -> _WhichOneofReturnType__profile | None: ...
 
 Global___ExplainSelectionRequest: _TypeAlias = ExplainSelectionRequest  # noqa: Y015
 
@@ -154,11 +246,18 @@ class ExplainSelectionResponse(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MODEL_SELECTION_BIAS_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
     status: Global___ExplainStatus.ValueType
     reason: _builtins.str
     rank: _builtins.int
     """1-based rank among eligible models; 0 unless eligible."""
     profile: _builtins.str
+    limit: Global___SelectionLimit.ValueType
+    """For REJECTED: which limit kept it out."""
+    model_selection_bias: _types_pb2.SelectionBias.ValueType
+    engine: _builtins.str
     def __init__(
         self,
         *,
@@ -166,10 +265,13 @@ class ExplainSelectionResponse(_message.Message):
         reason: _builtins.str = ...,
         rank: _builtins.int = ...,
         profile: _builtins.str = ...,
+        limit: Global___SelectionLimit.ValueType = ...,
+        model_selection_bias: _types_pb2.SelectionBias.ValueType = ...,
+        engine: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile", "rank", b"rank", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "limit", b"limit", "model_selection_bias", b"model_selection_bias", "profile", b"profile", "rank", b"rank", "reason", b"reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class SelectorServiceStub:
-    """Which model to use for a task role, under the active profile.
+    """Which model to use for a task role, under the active profile (or one named in the request).
     """
 
     def __init__(self, channel):
@@ -58,11 +58,12 @@ class SelectorServiceStub:
 
 
 class SelectorServiceServicer:
-    """Which model to use for a task role, under the active profile.
+    """Which model to use for a task role, under the active profile (or one named in the request).
     """
 
     def SelectByRole(self, request, context):
-        """Best first. INVALID_ARGUMENT for an unknown role or top_n < 1.
+        """Best first, among the models that fit the profile and this machine's GPUs.
+        INVALID_ARGUMENT for an unknown role or top_n < 1; NOT_FOUND for an unknown profile.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,7 +120,7 @@ def add_SelectorServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SelectorService:
-    """Which model to use for a task role, under the active profile.
+    """Which model to use for a task role, under the active profile (or one named in the request).
     """
 
     @staticmethod

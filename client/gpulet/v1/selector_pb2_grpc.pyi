@@ -27,14 +27,16 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SelectorServiceStub:
-    """Which model to use for a task role, under the active profile."""
+    """Which model to use for a task role, under the active profile (or one named in the request)."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SelectorServiceAsyncStub: ...
     SelectByRole: _grpc.UnaryUnaryMultiCallable[_selector_pb2.SelectByRoleRequest, _selector_pb2.SelectByRoleResponse]
-    """Best first. INVALID_ARGUMENT for an unknown role or top_n < 1."""
+    """Best first, among the models that fit the profile and this machine's GPUs.
+    INVALID_ARGUMENT for an unknown role or top_n < 1; NOT_FOUND for an unknown profile.
+    """
     ExplainSelection: _grpc.UnaryUnaryMultiCallable[_selector_pb2.ExplainSelectionRequest, _selector_pb2.ExplainSelectionResponse]
     """Why a model is or is not a candidate for a role."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_selector_pb2.ListModelsRequest, _selector_pb2.ListModelsResponse]
@@ -42,18 +44,20 @@ class SelectorServiceStub:
 
 @_typing.type_check_only
 class SelectorServiceAsyncStub(SelectorServiceStub):
-    """Which model to use for a task role, under the active profile."""
+    """Which model to use for a task role, under the active profile (or one named in the request)."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SelectByRole: _aio.UnaryUnaryMultiCallable[_selector_pb2.SelectByRoleRequest, _selector_pb2.SelectByRoleResponse]  # type: ignore[assignment]
-    """Best first. INVALID_ARGUMENT for an unknown role or top_n < 1."""
+    """Best first, among the models that fit the profile and this machine's GPUs.
+    INVALID_ARGUMENT for an unknown role or top_n < 1; NOT_FOUND for an unknown profile.
+    """
     ExplainSelection: _aio.UnaryUnaryMultiCallable[_selector_pb2.ExplainSelectionRequest, _selector_pb2.ExplainSelectionResponse]  # type: ignore[assignment]
     """Why a model is or is not a candidate for a role."""
     ListModels: _aio.UnaryUnaryMultiCallable[_selector_pb2.ListModelsRequest, _selector_pb2.ListModelsResponse]  # type: ignore[assignment]
     ListRoles: _aio.UnaryUnaryMultiCallable[_selector_pb2.ListRolesRequest, _selector_pb2.ListRolesResponse]  # type: ignore[assignment]
 
 class SelectorServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Which model to use for a task role, under the active profile."""
+    """Which model to use for a task role, under the active profile (or one named in the request)."""
 
     @_abc_1.abstractmethod
     def SelectByRole(
@@ -61,7 +65,9 @@ class SelectorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _selector_pb2.SelectByRoleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_selector_pb2.SelectByRoleResponse, _abc.Awaitable[_selector_pb2.SelectByRoleResponse]]:
-        """Best first. INVALID_ARGUMENT for an unknown role or top_n < 1."""
+        """Best first, among the models that fit the profile and this machine's GPUs.
+        INVALID_ARGUMENT for an unknown role or top_n < 1; NOT_FOUND for an unknown profile.
+        """
 
     @_abc_1.abstractmethod
     def ExplainSelection(

@@ -24,37 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gpulet/v1/types.proto\x12\tgpulet.v1\"\xa6\x03\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x13\n\x0bmax_vram_mb\x18\x03 \x01(\x03\x12\x1d\n\x15max_concurrent_models\x18\x04 \x01(\x05\x12\x1f\n\x17preferred_quantizations\x18\x05 \x03(\t\x12%\n\x08strategy\x18\x06 \x01(\x0e\x32\x13.gpulet.v1.Strategy\x12!\n\x19\x61utostart_timeout_seconds\x18\x07 \x01(\x01\x12\x1c\n\x14grace_period_seconds\x18\x08 \x01(\x01\x12\x36\n\x14model_selection_bias\x18\t \x01(\x0e\x32\x18.gpulet.v1.SelectionBias\x12\x11\n\tgpu_count\x18\n \x01(\x05\x12)\n\x1ctensor_parallel_threshold_mb\x18\x0b \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0bheadroom_mb\x18\x0c \x01(\x03\x12\x0f\n\x07\x62uiltin\x18\r \x01(\x08\x42\x1f\n\x1d_tensor_parallel_threshold_mb\"^\n\nGpuProcess\x12\x0b\n\x03pid\x18\x01 \x01(\x03\x12\x14\n\x07used_mb\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07managed\x18\x03 \x01(\x08\x12\x10\n\x08model_id\x18\x04 \x01(\tB\n\n\x08_used_mb\"7\n\x0bPlacedModel\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_mb\x18\x02 \x01(\x03\"\x97\x04\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\npci_bus_id\x18\x04 \x01(\t\x12\x15\n\x08total_mb\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x14\n\x07\x66ree_mb\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x14\n\x07used_mb\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0breserved_mb\x18\x08 \x01(\x03H\x03\x88\x01\x01\x12%\n\x18\x63ompute_capability_major\x18\t \x01(\x05H\x04\x88\x01\x01\x12%\n\x18\x63ompute_capability_minor\x18\n \x01(\x05H\x05\x88\x01\x01\x12$\n\x08mig_mode\x18\x0b \x01(\x0e\x32\x12.gpulet.v1.MigMode\x12\"\n\x05state\x18\x0c \x01(\x0e\x32\x13.gpulet.v1.GpuState\x12\x1b\n\x13reading_age_seconds\x18\r \x01(\x01\x12&\n\x06placed\x18\x0e \x03(\x0b\x32\x16.gpulet.v1.PlacedModel\x12(\n\tprocesses\x18\x0f \x03(\x0b\x32\x15.gpulet.v1.GpuProcessB\x0b\n\t_total_mbB\n\n\x08_free_mbB\n\n\x08_used_mbB\x0e\n\x0c_reserved_mbB\x1b\n\x19_compute_capability_majorB\x1b\n\x19_compute_capability_minor\"\x9d\x03\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x16.gpulet.v1.BackendKind\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x18\n\x10vram_estimate_mb\x18\x05 \x01(\x03\x12\x39\n\rrole_priority\x18\x06 \x03(\x0b\x32\".gpulet.v1.Model.RolePriorityEntry\x12\r\n\x05group\x18\x07 \x01(\t\x12$\n\x05state\x18\x08 \x01(\x0e\x32\x15.gpulet.v1.ModelState\x12\x11\n\tgpu_uuids\x18\t \x03(\t\x12\x13\n\x0blease_count\x18\n \x01(\x05\x12\x19\n\x0cidle_seconds\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12\x16\n\x0ereservation_mb\x18\x0c \x01(\x03\x12\x10\n\x08\x65ndpoint\x18\r \x01(\t\x1a\x33\n\x11RolePriorityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x42\x0f\n\r_idle_seconds*\xaa\x01\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x18\n\x14STRATEGY_LOAD_UNLOAD\x10\x01\x12\x1f\n\x1bSTRATEGY_CONCURRENT_LIMITED\x10\x02\x12\x1c\n\x18STRATEGY_CONCURRENT_FULL\x10\x03\x12+\n\'STRATEGY_TENSOR_PARALLEL_OR_DISTRIBUTED\x10\x04*\x8b\x01\n\rSelectionBias\x12\x1e\n\x1aSELECTION_BIAS_UNSPECIFIED\x10\x00\x12!\n\x1dSELECTION_BIAS_VRAM_EFFICIENT\x10\x01\x12\x1b\n\x17SELECTION_BIAS_BALANCED\x10\x02\x12\x1a\n\x16SELECTION_BIAS_QUALITY\x10\x03*`\n\x08GpuState\x12\x19\n\x15GPU_STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cGPU_STATE_OK\x10\x01\x12\x13\n\x0fGPU_STATE_STALE\x10\x02\x12\x12\n\x0eGPU_STATE_LOST\x10\x03*P\n\x07MigMode\x12\x18\n\x14MIG_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11MIG_MODE_DISABLED\x10\x01\x12\x14\n\x10MIG_MODE_ENABLED\x10\x02*c\n\x0b\x42\x61\x63kendKind\x12\x1c\n\x18\x42\x41\x43KEND_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x42\x41\x43KEND_KIND_RESERVATION\x10\x01\x12\x18\n\x14\x42\x41\x43KEND_KIND_PROCESS\x10\x02*\xa7\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14MODEL_STATE_UNLOADED\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x16\n\x12MODEL_STATE_LOADED\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x12\x16\n\x12MODEL_STATE_FAILED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15gpulet/v1/types.proto\x12\tgpulet.v1\"\xfb\x04\n\x07Profile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x13\n\x0bmax_vram_mb\x18\x03 \x01(\x03\x12\x1d\n\x15max_concurrent_models\x18\x04 \x01(\x05\x12\x1f\n\x17preferred_quantizations\x18\x05 \x03(\t\x12%\n\x08strategy\x18\x06 \x01(\x0e\x32\x13.gpulet.v1.Strategy\x12!\n\x19\x61utostart_timeout_seconds\x18\x07 \x01(\x01\x12\x1c\n\x14grace_period_seconds\x18\x08 \x01(\x01\x12\x36\n\x14model_selection_bias\x18\t \x01(\x0e\x32\x18.gpulet.v1.SelectionBias\x12\x11\n\tgpu_count\x18\n \x01(\x05\x12)\n\x1ctensor_parallel_threshold_mb\x18\x0b \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0bheadroom_mb\x18\x0c \x01(\x03\x12\x0f\n\x07\x62uiltin\x18\r \x01(\x08\x12\x10\n\x08\x63\x61tegory\x18\x0e \x01(\t\x12\x10\n\x08use_case\x18\x0f \x01(\t\x12\x0c\n\x04tags\x18\x10 \x03(\t\x12\x17\n\x0frecommended_for\x18\x11 \x03(\t\x12\x13\n\x0blayer_names\x18\x12 \x03(\t\x12\x14\n\x0clayers_count\x18\x13 \x01(\x05\x12.\n\x06\x65ngine\x18\x14 \x03(\x0b\x32\x1e.gpulet.v1.Profile.EngineEntry\x1a-\n\x0b\x45ngineEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x1f\n\x1d_tensor_parallel_threshold_mb\"^\n\nGpuProcess\x12\x0b\n\x03pid\x18\x01 \x01(\x03\x12\x14\n\x07used_mb\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07managed\x18\x03 \x01(\x08\x12\x10\n\x08model_id\x18\x04 \x01(\tB\n\n\x08_used_mb\"7\n\x0bPlacedModel\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_mb\x18\x02 \x01(\x03\"\x97\x04\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\npci_bus_id\x18\x04 \x01(\t\x12\x15\n\x08total_mb\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x14\n\x07\x66ree_mb\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x14\n\x07used_mb\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0breserved_mb\x18\x08 \x01(\x03H\x03\x88\x01\x01\x12%\n\x18\x63ompute_capability_major\x18\t \x01(\x05H\x04\x88\x01\x01\x12%\n\x18\x63ompute_capability_minor\x18\n \x01(\x05H\x05\x88\x01\x01\x12$\n\x08mig_mode\x18\x0b \x01(\x0e\x32\x12.gpulet.v1.MigMode\x12\"\n\x05state\x18\x0c \x01(\x0e\x32\x13.gpulet.v1.GpuState\x12\x1b\n\x13reading_age_seconds\x18\r \x01(\x01\x12&\n\x06placed\x18\x0e \x03(\x0b\x32\x16.gpulet.v1.PlacedModel\x12(\n\tprocesses\x18\x0f \x03(\x0b\x32\x15.gpulet.v1.GpuProcessB\x0b\n\t_total_mbB\n\n\x08_free_mbB\n\n\x08_used_mbB\x0e\n\x0c_reserved_mbB\x1b\n\x19_compute_capability_majorB\x1b\n\x19_compute_capability_minor\"\xa0\x05\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x16.gpulet.v1.BackendKind\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x18\n\x10vram_estimate_mb\x18\x05 \x01(\x03\x12\x39\n\rrole_priority\x18\x06 \x03(\x0b\x32\".gpulet.v1.Model.RolePriorityEntry\x12\r\n\x05group\x18\x07 \x01(\t\x12$\n\x05state\x18\x08 \x01(\x0e\x32\x15.gpulet.v1.ModelState\x12\x11\n\tgpu_uuids\x18\t \x03(\t\x12\x13\n\x0blease_count\x18\n \x01(\x05\x12\x19\n\x0cidle_seconds\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12\x16\n\x0ereservation_mb\x18\x0c \x01(\x03\x12\x10\n\x08\x65ndpoint\x18\r \x01(\t\x12\x18\n\x0bmeasured_mb\x18\x0e \x01(\x03H\x01\x88\x01\x01\x12\x14\n\x07peak_mb\x18\x0f \x01(\x03H\x02\x88\x01\x01\x12\x19\n\x0cload_seconds\x18\x10 \x01(\x01H\x03\x88\x01\x01\x12\x1b\n\x0eunload_seconds\x18\x11 \x01(\x01H\x04\x88\x01\x01\x12\x16\n\x0emeasured_loads\x18\x12 \x01(\x05\x12\x31\n\nconfidence\x18\x13 \x01(\x0e\x32\x1d.gpulet.v1.EstimateConfidence\x12\x0e\n\x06\x65ngine\x18\x14 \x01(\t\x1a\x33\n\x11RolePriorityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x42\x0f\n\r_idle_secondsB\x0e\n\x0c_measured_mbB\n\n\x08_peak_mbB\x0f\n\r_load_secondsB\x11\n\x0f_unload_seconds*\xaa\x01\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x18\n\x14STRATEGY_LOAD_UNLOAD\x10\x01\x12\x1f\n\x1bSTRATEGY_CONCURRENT_LIMITED\x10\x02\x12\x1c\n\x18STRATEGY_CONCURRENT_FULL\x10\x03\x12+\n\'STRATEGY_TENSOR_PARALLEL_OR_DISTRIBUTED\x10\x04*\x8b\x01\n\rSelectionBias\x12\x1e\n\x1aSELECTION_BIAS_UNSPECIFIED\x10\x00\x12!\n\x1dSELECTION_BIAS_VRAM_EFFICIENT\x10\x01\x12\x1b\n\x17SELECTION_BIAS_BALANCED\x10\x02\x12\x1a\n\x16SELECTION_BIAS_QUALITY\x10\x03*`\n\x08GpuState\x12\x19\n\x15GPU_STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cGPU_STATE_OK\x10\x01\x12\x13\n\x0fGPU_STATE_STALE\x10\x02\x12\x12\n\x0eGPU_STATE_LOST\x10\x03*P\n\x07MigMode\x12\x18\n\x14MIG_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11MIG_MODE_DISABLED\x10\x01\x12\x14\n\x10MIG_MODE_ENABLED\x10\x02*c\n\x0b\x42\x61\x63kendKind\x12\x1c\n\x18\x42\x41\x43KEND_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x42\x41\x43KEND_KIND_RESERVATION\x10\x01\x12\x18\n\x14\x42\x41\x43KEND_KIND_PROCESS\x10\x02*\xa7\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14MODEL_STATE_UNLOADED\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x16\n\x12MODEL_STATE_LOADED\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x12\x16\n\x12MODEL_STATE_FAILED\x10\x05*\x94\x01\n\x12\x45stimateConfidence\x12#\n\x1f\x45STIMATE_CONFIDENCE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45STIMATE_CONFIDENCE_LOW\x10\x01\x12\x1e\n\x1a\x45STIMATE_CONFIDENCE_MEDIUM\x10\x02\x12\x1c\n\x18\x45STIMATE_CONFIDENCE_HIGH\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpulet.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PROFILE_ENGINEENTRY']._loaded_options = None
+  _globals['_PROFILE_ENGINEENTRY']._serialized_options = b'8\001'
   _globals['_MODEL_ROLEPRIORITYENTRY']._loaded_options = None
   _globals['_MODEL_ROLEPRIORITYENTRY']._serialized_options = b'8\001'
-  _globals['_STRATEGY']._serialized_start=1569
-  _globals['_STRATEGY']._serialized_end=1739
-  _globals['_SELECTIONBIAS']._serialized_start=1742
-  _globals['_SELECTIONBIAS']._serialized_end=1881
-  _globals['_GPUSTATE']._serialized_start=1883
-  _globals['_GPUSTATE']._serialized_end=1979
-  _globals['_MIGMODE']._serialized_start=1981
-  _globals['_MIGMODE']._serialized_end=2061
-  _globals['_BACKENDKIND']._serialized_start=2063
-  _globals['_BACKENDKIND']._serialized_end=2162
-  _globals['_MODELSTATE']._serialized_start=2165
-  _globals['_MODELSTATE']._serialized_end=2332
+  _globals['_STRATEGY']._serialized_start=2041
+  _globals['_STRATEGY']._serialized_end=2211
+  _globals['_SELECTIONBIAS']._serialized_start=2214
+  _globals['_SELECTIONBIAS']._serialized_end=2353
+  _globals['_GPUSTATE']._serialized_start=2355
+  _globals['_GPUSTATE']._serialized_end=2451
+  _globals['_MIGMODE']._serialized_start=2453
+  _globals['_MIGMODE']._serialized_end=2533
+  _globals['_BACKENDKIND']._serialized_start=2535
+  _globals['_BACKENDKIND']._serialized_end=2634
+  _globals['_MODELSTATE']._serialized_start=2637
+  _globals['_MODELSTATE']._serialized_end=2804
+  _globals['_ESTIMATECONFIDENCE']._serialized_start=2807
+  _globals['_ESTIMATECONFIDENCE']._serialized_end=2955
   _globals['_PROFILE']._serialized_start=37
-  _globals['_PROFILE']._serialized_end=459
-  _globals['_GPUPROCESS']._serialized_start=461
-  _globals['_GPUPROCESS']._serialized_end=555
-  _globals['_PLACEDMODEL']._serialized_start=557
-  _globals['_PLACEDMODEL']._serialized_end=612
-  _globals['_GPU']._serialized_start=615
-  _globals['_GPU']._serialized_end=1150
-  _globals['_MODEL']._serialized_start=1153
-  _globals['_MODEL']._serialized_end=1566
-  _globals['_MODEL_ROLEPRIORITYENTRY']._serialized_start=1498
-  _globals['_MODEL_ROLEPRIORITYENTRY']._serialized_end=1549
+  _globals['_PROFILE']._serialized_end=672
+  _globals['_PROFILE_ENGINEENTRY']._serialized_start=594
+  _globals['_PROFILE_ENGINEENTRY']._serialized_end=639
+  _globals['_GPUPROCESS']._serialized_start=674
+  _globals['_GPUPROCESS']._serialized_end=768
+  _globals['_PLACEDMODEL']._serialized_start=770
+  _globals['_PLACEDMODEL']._serialized_end=825
+  _globals['_GPU']._serialized_start=828
+  _globals['_GPU']._serialized_end=1363
+  _globals['_MODEL']._serialized_start=1366
+  _globals['_MODEL']._serialized_end=2038
+  _globals['_MODEL_ROLEPRIORITYENTRY']._serialized_start=1906
+  _globals['_MODEL_ROLEPRIORITYENTRY']._serialized_end=1957
 # @@protoc_insertion_point(module_scope)

@@ -148,11 +148,57 @@ MODEL_STATE_UNLOADING: ModelState.ValueType  # 4
 MODEL_STATE_FAILED: ModelState.ValueType  # 5
 Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
 
+class _EstimateConfidence:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EstimateConfidenceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EstimateConfidence.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ESTIMATE_CONFIDENCE_UNSPECIFIED: _EstimateConfidence.ValueType  # 0
+    ESTIMATE_CONFIDENCE_LOW: _EstimateConfidence.ValueType  # 1
+    """Only the configured vram_estimate_mb: never measured here."""
+    ESTIMATE_CONFIDENCE_MEDIUM: _EstimateConfidence.ValueType  # 2
+    """Measured by the probe once or twice."""
+    ESTIMATE_CONFIDENCE_HIGH: _EstimateConfidence.ValueType  # 3
+    """Measured by the probe three or more times."""
+
+class EstimateConfidence(_EstimateConfidence, metaclass=_EstimateConfidenceEnumTypeWrapper):
+    """How far to trust what gpuletd reserves for a model (reservation_mb)."""
+
+ESTIMATE_CONFIDENCE_UNSPECIFIED: EstimateConfidence.ValueType  # 0
+ESTIMATE_CONFIDENCE_LOW: EstimateConfidence.ValueType  # 1
+"""Only the configured vram_estimate_mb: never measured here."""
+ESTIMATE_CONFIDENCE_MEDIUM: EstimateConfidence.ValueType  # 2
+"""Measured by the probe once or twice."""
+ESTIMATE_CONFIDENCE_HIGH: EstimateConfidence.ValueType  # 3
+"""Measured by the probe three or more times."""
+Global___EstimateConfidence: _TypeAlias = EstimateConfidence  # noqa: Y015
+
 @_typing.final
 class Profile(_message.Message):
     """A deployment profile: the budget and policy the daemon runs under."""
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EngineEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
@@ -167,6 +213,13 @@ class Profile(_message.Message):
     TENSOR_PARALLEL_THRESHOLD_MB_FIELD_NUMBER: _builtins.int
     HEADROOM_MB_FIELD_NUMBER: _builtins.int
     BUILTIN_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    USE_CASE_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    RECOMMENDED_FOR_FIELD_NUMBER: _builtins.int
+    LAYER_NAMES_FIELD_NUMBER: _builtins.int
+    LAYERS_COUNT_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
     max_vram_mb: _builtins.int
@@ -181,8 +234,30 @@ class Profile(_message.Message):
     headroom_mb: _builtins.int
     builtin: _builtins.bool
     """True for the five profiles compiled into gpuletd (and not replaced by a config file)."""
+    category: _builtins.str
+    """Metadata for people choosing a profile; no policy follows from it.
+    Where it is meant to run: "edge", "onprem", "cloud", or empty when not said.
+    """
+    use_case: _builtins.str
+    layers_count: _builtins.int
     @_builtins.property
     def preferred_quantizations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def recommended_for(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def layer_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The layers it was built from, base first: the `extends` chain, the profiles of a
+        combined `--profile a,b`, then itself. layers_count is their number.
+        """
+
+    @_builtins.property
+    def engine(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Settings handed to the serving engines (seed 002; docs/engines.md), by key; each value
+        is the setting's JSON text ("\\"bf16\\"", "8192", "true", "[\\"--seed\\", \\"1\\"]").
+        """
+
     def __init__(
         self,
         *,
@@ -199,10 +274,17 @@ class Profile(_message.Message):
         tensor_parallel_threshold_mb: _builtins.int | None = ...,
         headroom_mb: _builtins.int = ...,
         builtin: _builtins.bool = ...,
+        category: _builtins.str = ...,
+        use_case: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        recommended_for: _abc.Iterable[_builtins.str] | None = ...,
+        layer_names: _abc.Iterable[_builtins.str] | None = ...,
+        layers_count: _builtins.int = ...,
+        engine: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_tensor_parallel_threshold_mb", b"_tensor_parallel_threshold_mb", "tensor_parallel_threshold_mb", b"tensor_parallel_threshold_mb"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tensor_parallel_threshold_mb", b"_tensor_parallel_threshold_mb", "autostart_timeout_seconds", b"autostart_timeout_seconds", "builtin", b"builtin", "description", b"description", "gpu_count", b"gpu_count", "grace_period_seconds", b"grace_period_seconds", "headroom_mb", b"headroom_mb", "max_concurrent_models", b"max_concurrent_models", "max_vram_mb", b"max_vram_mb", "model_selection_bias", b"model_selection_bias", "name", b"name", "preferred_quantizations", b"preferred_quantizations", "strategy", b"strategy", "tensor_parallel_threshold_mb", b"tensor_parallel_threshold_mb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tensor_parallel_threshold_mb", b"_tensor_parallel_threshold_mb", "autostart_timeout_seconds", b"autostart_timeout_seconds", "builtin", b"builtin", "category", b"category", "description", b"description", "engine", b"engine", "gpu_count", b"gpu_count", "grace_period_seconds", b"grace_period_seconds", "headroom_mb", b"headroom_mb", "layer_names", b"layer_names", "layers_count", b"layers_count", "max_concurrent_models", b"max_concurrent_models", "max_vram_mb", b"max_vram_mb", "model_selection_bias", b"model_selection_bias", "name", b"name", "preferred_quantizations", b"preferred_quantizations", "recommended_for", b"recommended_for", "strategy", b"strategy", "tags", b"tags", "tensor_parallel_threshold_mb", b"tensor_parallel_threshold_mb", "use_case", b"use_case"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__tensor_parallel_threshold_mb: _TypeAlias = _typing.Literal["tensor_parallel_threshold_mb"]  # noqa: Y015
     _WhichOneofArgType__tensor_parallel_threshold_mb: _TypeAlias = _typing.Literal["_tensor_parallel_threshold_mb", b"_tensor_parallel_threshold_mb"]  # noqa: Y015
@@ -396,6 +478,13 @@ class Model(_message.Message):
     IDLE_SECONDS_FIELD_NUMBER: _builtins.int
     RESERVATION_MB_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
+    MEASURED_MB_FIELD_NUMBER: _builtins.int
+    PEAK_MB_FIELD_NUMBER: _builtins.int
+    LOAD_SECONDS_FIELD_NUMBER: _builtins.int
+    UNLOAD_SECONDS_FIELD_NUMBER: _builtins.int
+    MEASURED_LOADS_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     backend: Global___BackendKind.ValueType
@@ -409,6 +498,21 @@ class Model(_message.Message):
     reservation_mb: _builtins.int
     """What gpuletd counts for it on the GPUs: max(estimate, measured)."""
     endpoint: _builtins.str
+    measured_mb: _builtins.int
+    """What gpuletd measured of it (seed 003), kept across restarts; unset until measured.
+    The footprint the probe saw when its backend last became healthy, and the largest seen.
+    """
+    peak_mb: _builtins.int
+    load_seconds: _builtins.float
+    """Seconds from start to healthy (smoothed over loads), and from stop to gone (the last)."""
+    unload_seconds: _builtins.float
+    measured_loads: _builtins.int
+    """Healthy loads measured so far; `confidence` follows from it."""
+    confidence: Global___EstimateConfidence.ValueType
+    engine: _builtins.str
+    """The serving engine (vllm, llama.cpp, sglang, tgi, ollama, comfyui, custom): see
+    docs/engines.md.
+    """
     @_builtins.property
     def role_priority(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -429,13 +533,37 @@ class Model(_message.Message):
         idle_seconds: _builtins.float | None = ...,
         reservation_mb: _builtins.int = ...,
         endpoint: _builtins.str = ...,
+        measured_mb: _builtins.int | None = ...,
+        peak_mb: _builtins.int | None = ...,
+        load_seconds: _builtins.float | None = ...,
+        unload_seconds: _builtins.float | None = ...,
+        measured_loads: _builtins.int = ...,
+        confidence: Global___EstimateConfidence.ValueType = ...,
+        engine: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_idle_seconds", b"_idle_seconds", "idle_seconds", b"idle_seconds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_idle_seconds", b"_idle_seconds", "_load_seconds", b"_load_seconds", "_measured_mb", b"_measured_mb", "_peak_mb", b"_peak_mb", "_unload_seconds", b"_unload_seconds", "idle_seconds", b"idle_seconds", "load_seconds", b"load_seconds", "measured_mb", b"measured_mb", "peak_mb", b"peak_mb", "unload_seconds", b"unload_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_idle_seconds", b"_idle_seconds", "backend", b"backend", "endpoint", b"endpoint", "gpu_uuids", b"gpu_uuids", "group", b"group", "id", b"id", "idle_seconds", b"idle_seconds", "lease_count", b"lease_count", "name", b"name", "quantization", b"quantization", "reservation_mb", b"reservation_mb", "role_priority", b"role_priority", "state", b"state", "vram_estimate_mb", b"vram_estimate_mb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_idle_seconds", b"_idle_seconds", "_load_seconds", b"_load_seconds", "_measured_mb", b"_measured_mb", "_peak_mb", b"_peak_mb", "_unload_seconds", b"_unload_seconds", "backend", b"backend", "confidence", b"confidence", "endpoint", b"endpoint", "engine", b"engine", "gpu_uuids", b"gpu_uuids", "group", b"group", "id", b"id", "idle_seconds", b"idle_seconds", "lease_count", b"lease_count", "load_seconds", b"load_seconds", "measured_loads", b"measured_loads", "measured_mb", b"measured_mb", "name", b"name", "peak_mb", b"peak_mb", "quantization", b"quantization", "reservation_mb", b"reservation_mb", "role_priority", b"role_priority", "state", b"state", "unload_seconds", b"unload_seconds", "vram_estimate_mb", b"vram_estimate_mb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__idle_seconds: _TypeAlias = _typing.Literal["idle_seconds"]  # noqa: Y015
     _WhichOneofArgType__idle_seconds: _TypeAlias = _typing.Literal["_idle_seconds", b"_idle_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__load_seconds: _TypeAlias = _typing.Literal["load_seconds"]  # noqa: Y015
+    _WhichOneofArgType__load_seconds: _TypeAlias = _typing.Literal["_load_seconds", b"_load_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__measured_mb: _TypeAlias = _typing.Literal["measured_mb"]  # noqa: Y015
+    _WhichOneofArgType__measured_mb: _TypeAlias = _typing.Literal["_measured_mb", b"_measured_mb"]  # noqa: Y015
+    _WhichOneofReturnType__peak_mb: _TypeAlias = _typing.Literal["peak_mb"]  # noqa: Y015
+    _WhichOneofArgType__peak_mb: _TypeAlias = _typing.Literal["_peak_mb", b"_peak_mb"]  # noqa: Y015
+    _WhichOneofReturnType__unload_seconds: _TypeAlias = _typing.Literal["unload_seconds"]  # noqa: Y015
+    _WhichOneofArgType__unload_seconds: _TypeAlias = _typing.Literal["_unload_seconds", b"_unload_seconds"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__idle_seconds) -> _WhichOneofReturnType__idle_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__load_seconds) -> _WhichOneofReturnType__load_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__measured_mb) -> _WhichOneofReturnType__measured_mb | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__peak_mb) -> _WhichOneofReturnType__peak_mb | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__unload_seconds) -> _WhichOneofReturnType__unload_seconds | None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015

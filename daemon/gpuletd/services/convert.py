@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 
 from gpulet.v1 import types_pb2 as pb
+from gpuletd.measurements import Confidence, confidence
 from gpuletd.probe.types import GpuProcess, GpuSnapshot, GpuState, MigMode
 from gpuletd.profiles import BUILTIN_PROFILES, Bias, Profile, Strategy
 from gpuletd.registry import Backend, Model
 from gpuletd.scheduler.decisions import ModelState
 from gpuletd.scheduler.views import ModelView
+from gpuletd.store import Measurement
 
 __all__ = ["bias_pb", "gpu_pb", "model_pb", "model_state_pb", "profile_pb"]
 
@@ -59,6 +62,13 @@ def profile_pb(p: Profile) -> pb.Profile:
         gpu_count=p.gpu_count,
         headroom_mb=p.headroom_mb,
         builtin=BUILTIN_PROFILES.get(p.name) == p,
+        category=p.category.value if p.category is not None else "",
+        use_case=p.use_case,
+        tags=list(p.tags),
+        recommended_for=list(p.recommended_for),
+        layer_names=list(p.layer_names or (p.name,)),
+        layers_count=len(p.layer_names or (p.name,)),
+        engine={k: json.dumps(list(v) if isinstance(v, tuple) else v) for k, v in p.engine.items()},
     )
     if p.tensor_parallel_threshold_mb is not None:
         msg.tensor_parallel_threshold_mb = p.tensor_parallel_threshold_mb
@@ -109,8 +119,37 @@ def model_state_pb(state: ModelState) -> pb.ModelState.ValueType:
     return _MODEL_STATE[state]
 
 
+_CONFIDENCE = {
+    Confidence.LOW: pb.ESTIMATE_CONFIDENCE_LOW,
+    Confidence.MEDIUM: pb.ESTIMATE_CONFIDENCE_MEDIUM,
+    Confidence.HIGH: pb.ESTIMATE_CONFIDENCE_HIGH,
+}
+
+
+def _measured(msg: pb.Model, view: ModelView | None, measured: Measurement) -> None:
+    last = view.measured_mb if view is not None else None
+    # A footprint from before the measurements table existed still counts as one load.
+    loads = max(measured.loads, 1 if last else 0)
+    peak = max(measured.peak_mb or 0, last or 0)
+    if last is not None:
+        msg.measured_mb = last
+    if peak:
+        msg.peak_mb = peak
+    if view is not None and view.load_seconds is not None:
+        msg.load_seconds = view.load_seconds
+    if measured.unload_seconds is not None:
+        msg.unload_seconds = measured.unload_seconds
+    msg.measured_loads = loads
+    msg.confidence = _CONFIDENCE[confidence(loads)]
+
+
 def model_pb(
-    m: Model, view: ModelView | None = None, *, endpoint: str = "", now: float = 0.0
+    m: Model,
+    view: ModelView | None = None,
+    *,
+    endpoint: str = "",
+    now: float = 0.0,
+    measured: Measurement | None = None,
 ) -> pb.Model:
     msg = pb.Model(
         id=m.id,
@@ -123,6 +162,7 @@ def model_pb(
         state=pb.MODEL_STATE_UNLOADED,
         reservation_mb=m.vram_estimate_mb,
         endpoint=endpoint,
+        engine=m.engine,
     )
     if view is not None:
         msg.state = _MODEL_STATE[view.state]
@@ -131,4 +171,6 @@ def model_pb(
         msg.reservation_mb = view.reservation_mb
         if view.idle_since is not None:
             msg.idle_seconds = max(0.0, now - view.idle_since)
+    if measured is not None:
+        _measured(msg, view, measured)
     return msg

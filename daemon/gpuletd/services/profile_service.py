@@ -9,11 +9,11 @@ import grpc
 from gpulet.v1 import profiles_pb2 as pb
 from gpulet.v1 import profiles_pb2_grpc
 from gpuletd.active_profile import ProfileSource
-from gpuletd.bounds import Refused, check_name, listing, quote
+from gpuletd.bounds import Refused, check_name
 from gpuletd.runtime import Runtime
 from gpuletd.scheduler import Scheduler
 from gpuletd.services.convert import gpu_pb, profile_pb
-from gpuletd.services.errors import abort, fail
+from gpuletd.services.errors import fail
 from gpuletd.supervisor import Supervisor
 
 __all__ = ["ProfileService"]
@@ -46,16 +46,17 @@ class ProfileService(profiles_pb2_grpc.ProfileServiceServicer):
             reason=a.reason,
             gpus=[gpu_pb(g) for g in self._rt.gpus],
             usable_vram_mb=a.usable_vram_mb,
-            available_profiles=sorted(self._rt.config.profiles),
+            available_profiles=sorted(self._rt.known_profiles()),
             warnings=list(self._rt.warnings),
             probe=self._rt.poller.kind,
             overrides=list(a.overrides),
+            derived_from=a.derived_from or "",
         )
 
     async def ListProfiles(
         self, request: pb.ListProfilesRequest, context: Context
     ) -> pb.ListProfilesResponse:
-        profiles = self._rt.config.profiles
+        profiles = self._rt.known_profiles()
         return pb.ListProfilesResponse(
             profiles=[profile_pb(profiles[name]) for name in sorted(profiles)],
             active=self._rt.profile.name,
@@ -64,22 +65,12 @@ class ProfileService(profiles_pb2_grpc.ProfileServiceServicer):
     async def GetProfile(
         self, request: pb.GetProfileRequest, context: Context
     ) -> pb.GetProfileResponse:
-        profiles = self._rt.config.profiles
         try:
             check_name("name", request.name)
+            # The active one is returned with its --set overrides, as the daemon runs it.
+            p = self._rt.profile_named(request.name, "name")
         except Refused as e:
             await fail(context, e)
-        if request.name not in profiles:
-            await abort(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                "UNKNOWN_PROFILE",
-                f"name: unknown profile {quote(request.name)} (known profiles: "
-                f"{listing(profiles, 20)})",
-                field="name",
-            )
-        # The active one is returned with its --set overrides, as the daemon runs it.
-        p = self._rt.profile if request.name == self._rt.profile.name else profiles[request.name]
         return pb.GetProfileResponse(profile=profile_pb(p))
 
     async def GetGpuStatus(

@@ -1,18 +1,31 @@
-"""SelectorService: role selection and explanations under the active profile."""
+"""SelectorService: role selection and explanations under the active profile (or a named one,
+"what would I get under profile X", always on this machine's GPUs)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 
 from gpulet.v1 import selector_pb2 as pb
 from gpulet.v1 import selector_pb2_grpc
+from gpulet.v1 import types_pb2 as pb_types
 from gpuletd.bounds import Refused, check_name
+from gpuletd.measurements import Measurements
+from gpuletd.profiles import Profile
+from gpuletd.registry import Model
 from gpuletd.runtime import Runtime
 from gpuletd.scheduler import ModelView, Scheduler
-from gpuletd.selector import ExplainStatus, explain, select
+from gpuletd.selector import (
+    ExplainStatus,
+    Hardware,
+    Limit,
+    explain,
+    misfits,
+    select,
+)
 from gpuletd.services.convert import bias_pb, model_pb
 from gpuletd.services.errors import fail
 
@@ -26,6 +39,14 @@ _STATUS = {
     ExplainStatus.NOT_FOUND: pb.EXPLAIN_STATUS_NOT_FOUND,
 }
 
+_LIMIT = {
+    Limit.NONE: pb.SELECTION_LIMIT_UNSPECIFIED,
+    Limit.PROFILE_BUDGET: pb.SELECTION_LIMIT_PROFILE_BUDGET,
+    Limit.GPU_MEMORY: pb.SELECTION_LIMIT_GPU_MEMORY,
+    Limit.GPU_COUNT: pb.SELECTION_LIMIT_GPU_COUNT,
+    Limit.PINNING: pb.SELECTION_LIMIT_PINNING,
+}
+
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -34,45 +55,89 @@ def _endpoint(view: ModelView | None) -> str:
 
 
 class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
-    def __init__(self, runtime: Runtime, core: Scheduler) -> None:
+    def __init__(
+        self, runtime: Runtime, core: Scheduler, measurements: Measurements | None = None
+    ) -> None:
         self._rt = runtime
         self._core = core
+        self._measurements = measurements
 
     async def SelectByRole(
         self, request: pb.SelectByRoleRequest, context: Context
     ) -> pb.SelectByRoleResponse:
         top_n = request.top_n if request.HasField("top_n") else DEFAULT_TOP_N
-        profile = self._rt.profile
+        hw = Hardware.now(self._rt.gpus, self._core)
+        views = self._core.models()
+        now = time.monotonic()
+        reg = self._rt.registry
         try:
             check_name("role", request.role)
-            models = select(self._rt.registry, profile, request.role, top_n)
+            profile = self._profile(request.profile)
+            models = select(reg, profile, request.role, top_n, hardware=hw)
+            out = misfits(reg, profile, request.role, hardware=hw)
         except Refused as e:
             await fail(context, e)
-        return pb.SelectByRoleResponse(
+        resp = pb.SelectByRoleResponse(
             role=request.role,
             profile=profile.name,
             candidates=[
-                pb.Candidate(model=model_pb(m), role_priority=m.role_priority[request.role])
+                pb.Candidate(
+                    # With its view: the reservation shown is the one it was ranked by.
+                    model=self._model_pb(m, views, now),
+                    role_priority=m.role_priority[request.role],
+                    engine=m.engine,
+                )
                 for m in models
             ],
             max_vram_mb=profile.max_vram_mb,
             model_selection_bias=bias_pb(profile.model_selection_bias),
+            top_n=top_n,
+            excluded=[
+                pb.Excluded(model_id=x.model_id, limit=_LIMIT[x.limit], reason=x.reason)
+                for x in out
+            ],
         )
+        if hw.bf16_native is not None:
+            resp.bf16_preferred = hw.bf16_native
+        return resp
 
     async def ExplainSelection(
         self, request: pb.ExplainSelectionRequest, context: Context
     ) -> pb.ExplainSelectionResponse:
+        hw = Hardware.now(self._rt.gpus, self._core)
         try:
             check_name("role", request.role)
             check_name("model_id", request.model_id)
-            e = explain(self._rt.registry, self._rt.profile, request.role, request.model_id)
+            profile = self._profile(request.profile)
+            e = explain(self._rt.registry, profile, request.role, request.model_id, hardware=hw)
         except Refused as r:
             await fail(context, r)
+        model = self._rt.registry.get(request.model_id)
         return pb.ExplainSelectionResponse(
             status=_STATUS[e.status],
             reason=e.reason,
             rank=e.rank or 0,
-            profile=self._rt.profile.name,
+            profile=profile.name,
+            limit=_LIMIT[e.limit],
+            model_selection_bias=bias_pb(profile.model_selection_bias),
+            engine=model.engine if model is not None else "",
+        )
+
+    def _profile(self, name: str) -> Profile:
+        check_name("profile", name, required=False)
+        return self._rt.profile_named(name, "profile")
+
+    def _model_pb(self, m: Model, views: Mapping[str, ModelView], now: float) -> pb_types.Model:
+        """A model as ListModels and SelectByRole both show it: its state, its reservation now
+        (the estimate raised to what was measured), what was measured."""
+        view = views.get(m.id)
+        ms = self._measurements
+        return model_pb(
+            m,
+            view,
+            endpoint=_endpoint(view),
+            now=now,
+            measured=ms.get(m.id) if ms is not None else None,
         )
 
     async def ListModels(
@@ -81,10 +146,7 @@ class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
         views = self._core.models()
         now = time.monotonic()
         return pb.ListModelsResponse(
-            models=[
-                model_pb(m, views.get(m.id), endpoint=_endpoint(views.get(m.id)), now=now)
-                for m in self._rt.registry.models.values()
-            ]
+            models=[self._model_pb(m, views, now) for m in self._rt.registry.models.values()]
         )
 
     async def ListRoles(
