@@ -24,8 +24,14 @@ class SimulatedGpuSink:
         self._probe = probe
         self._ex = executor
         self._supervisor = supervisor
+        # A backend starts between batches: it must be listed before the supervisor measures
+        # it, or no footprint is ever measured on simulated GPUs.
+        supervisor.on_watch(self.follow)
 
     def apply(self, decisions: Sequence[Decision]) -> None:
+        self.follow()
+
+    def follow(self) -> None:
         core = self._ex.core
         procs: dict[str, list[GpuProcess]] = {}
         for mid, pid in self._supervisor.leaders().items():

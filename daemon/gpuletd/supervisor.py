@@ -104,6 +104,9 @@ class Supervisor:
         self._mark = mark
         self._load_times = load_times
         self._seen_load_s: dict[str, float] = {}
+        # Told when a backend joins the running set, before it is measured (the simulated
+        # GPUs list it as a process from then on).
+        self._watch_listeners: list[Callable[[], None]] = []
 
     @property
     def poller(self) -> ProbePoller:
@@ -343,8 +346,13 @@ class Supervisor:
         except StoreError as e:
             log.error("backend.record_not_removed", model=model_id, error=str(e))
 
+    def on_watch(self, listener: Callable[[], None]) -> None:
+        self._watch_listeners.append(listener)
+
     def _watch(self, rb: RunningBackend) -> None:
         self._running[rb.model_id] = rb
+        for listener in self._watch_listeners:
+            listener()
         rb.add_exit_callback(self._on_exit)
         # Workers found later (and so their escapees) must be in the record a successor reads.
         rb.add_record_callback(self._persist)

@@ -53,9 +53,9 @@ def test_models_shows_what_was_measured_and_keeps_it(tmp_path: Path, piddir: Pat
         # The grace period ends, the backend is stopped and its stop is timed.
         after = _wait_unloaded(d, "proc")
         assert after["load_seconds"] is not None and after["unload_seconds"] >= 0
-        # The simulated probe lists a backend's process only after its first measurement, so
-        # no footprint is measured here: the reservation stays the configured estimate.
-        assert after["confidence"] == "low" and after["reservation_mb"] == 3000
+        # The simulated GPU lists the backend holding its share: that is what was measured.
+        assert after["measured_mb"] == 3000 and after["peak_mb"] == 3000
+        assert after["confidence"] == "medium"
         table = d.cli("models")
         assert table.returncode == 0, table.stderr
         header, *rows = table.stdout.splitlines()
