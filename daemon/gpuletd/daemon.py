@@ -122,6 +122,7 @@ class Daemon:
             store=self.store,
             stop_grace_s=stop_grace_s,
             mark=str(state_dir) if state_dir is not None else None,
+            load_times=self._learnt_load_s,
         )
         self.leases = LeaseManager(runtime, self.executor)
         self.watch = WatchSink(self.executor)
@@ -149,6 +150,12 @@ class Daemon:
             self.executor.add_sink(self.labels)
         self.executor.add_sink(LogSink(self._client_of))
         self.executor.add_sink(self.leases)
+
+    def _learnt_load_s(self, model_id: str) -> float | None:
+        """The load time the core learnt for a model: what its next start's health checks
+        expect."""
+        view = self.core.model(model_id)
+        return view.load_seconds if view is not None else None
 
     @property
     def core(self) -> Scheduler:

@@ -4,8 +4,9 @@ step with the daemon.
 A sink like the others, so it hears of every event, a reload (SIGHUP) and an admin profile
 switch included (both are `reconfigure` events, with the runtime already changed). It reads
 only slow facts (profile, GPUs, usable VRAM, the registry) and writes only when the labels
-they make differ from the last ones written; the probe's readings every second cost one
-comparison each. A timer rewrites the file before its expiry comment lapses, so the labels
+they make differ from the last ones written. Every event (a grant, the probe's readings every
+second) costs one comparison of those facts as they are: the labels are rendered only when
+one of them changed. A timer rewrites the file before its expiry comment lapses, so the labels
 last exactly as long as a gpuletd keeps them fresh. A failed write is logged once per
 distinct error and retried at the next change or refresh: labels are never worth a crash.
 """
@@ -15,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 
 from gpulet.nfd import DEFAULT_TTL_SECONDS, NodeFacts, facts_from, render, write_atomic
+from gpuletd.registry import Registry
 from gpuletd.runtime import Runtime
 from gpuletd.scheduler import Decision
 
@@ -38,6 +41,30 @@ def node_facts(rt: Runtime) -> NodeFacts:
     )
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What the labels are made of, as cheap to take and compare as it gets: the registry
+    (frozen, replaced whole by a reload) by identity, the rest by value."""
+
+    profile: str
+    gpus: tuple[tuple[str, int | None], ...]
+    usable_vram_mb: int
+    registry: Registry
+
+    @classmethod
+    def of(cls, rt: Runtime) -> _Inputs:
+        gpus = tuple((g.name, g.total_mb) for g in rt.gpus)
+        return cls(rt.profile.name, gpus, rt.active.usable_vram_mb, rt.registry)
+
+    def same_as(self, other: _Inputs) -> bool:
+        return (
+            self.registry is other.registry
+            and self.usable_vram_mb == other.usable_vram_mb
+            and self.profile == other.profile
+            and self.gpus == other.gpus
+        )
+
+
 class LabelsWriter:
     def __init__(
         self, path: Path, runtime: Runtime, *, ttl_seconds: float = DEFAULT_TTL_SECONDS
@@ -46,15 +73,18 @@ class LabelsWriter:
         self._rt = runtime
         self._ttl = ttl_seconds
         self._written: tuple[str, ...] | None = None
+        self._seen: _Inputs | None = None
         self._last_error = ""
         self._refresher: asyncio.Task[None] | None = None
 
     def apply(self, decisions: Sequence[Decision]) -> None:
-        self.write()
+        if self._seen is None or not _Inputs.of(self._rt).same_as(self._seen):
+            self.write()
 
     def write(self, *, refresh: bool = False) -> bool:
         """Write the file if its labels changed (or, `refresh`, to push its expiry on);
         whether it was written."""
+        self._seen = _Inputs.of(self._rt)
         r = render(node_facts(self._rt), now=datetime.now(UTC), ttl_seconds=self._ttl)
         if not refresh and r.labels == self._written:
             return False

@@ -61,7 +61,9 @@ environment:
   GPULET_STATE_DIR            state directory (as --state-dir)
 
 signals:
-  TERM, INT, QUIT   stop: refuse waiting requests, stop every backend, clear the saved state
+  TERM, INT, QUIT   stop: refuse waiting requests, stop every backend, clear the saved state;
+                    with --on-stop=keep: save the state, leave every backend running (even
+                    one still loading) and exit, for the next gpuletd to adopt them
   HUP               reload the config files; a bad one is refused and the old one kept
   USR1              log a one-line status (profile, models, leases, queue, backend pids)
   USR2              hand off: save the state, leave the backends running and re-execute
@@ -464,6 +466,8 @@ async def _serve(ns: argparse.Namespace) -> int:
             await poller.close()
     if ending is Ending.HANDOFF:
         _reexec()
+    if ns.on_stop == "keep":
+        _exit_keeping_backends()
     log.info("daemon.stopped")
     return 0
 
@@ -485,6 +489,17 @@ def _reexec() -> NoReturn:
     sys.stderr.flush()
     ignore_until_handled()
     os.execv(sys.executable, argv)
+
+
+def _exit_keeping_backends() -> NoReturn:
+    """End here, not by a return through asyncio.run: its shutdown cancels every task, and a
+    cancelled start kills the backend it is waiting for, which the saved state says is
+    loading and the next gpuletd is to adopt. The sockets are removed and the state is saved
+    already; nothing else is left to clean up."""
+    log.info("daemon.stopped", backends="left running for the next gpuletd")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

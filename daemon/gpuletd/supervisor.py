@@ -85,9 +85,10 @@ class Supervisor:
         """`mark`: the value of GPULET_BACKEND_OF this daemon's backends carry (its state dir);
         with it, `recover` also stops marked processes that no record names.
 
-        `load_times(model_id)`: the load time learnt for a model (the core's), around which a
-        start's health checks are fastest. Without it: the footprint saved in the store, else
-        the last load this supervisor saw."""
+        `load_times(model_id)`: the load time learnt for a model (the core's, seeded from the
+        store's footprints at start), around which a start's health checks are fastest.
+        Without it, or for a model never loaded, nothing is expected: fast at first, then
+        backing off."""
         self._rt = runtime
         self._outcomes = outcomes
         self._store = store
@@ -103,7 +104,6 @@ class Supervisor:
         self._reaper: asyncio.Task[None] | None = None
         self._mark = mark
         self._load_times = load_times
-        self._seen_load_s: dict[str, float] = {}
         # Told when a backend joins the running set, before it is measured (the simulated
         # GPUs list it as a process from then on).
         self._watch_listeners: list[Callable[[], None]] = []
@@ -317,16 +317,7 @@ class Supervisor:
         return self._rt.profile.autostart_timeout_seconds if t is None else t
 
     def _expected_load_s(self, model_id: str) -> float | None:
-        if self._load_times is not None:
-            return self._load_times(model_id)
-        if self._store is not None:
-            try:
-                footprint = self._store.footprints().get(model_id)
-            except StoreError:
-                footprint = None
-            if footprint is not None and footprint.load_seconds is not None:
-                return footprint.load_seconds
-        return self._seen_load_s.get(model_id)
+        return self._load_times(model_id) if self._load_times is not None else None
 
     def _persist(self, record: BackendRecord) -> None:
         if self._store is None:
@@ -394,8 +385,6 @@ class Supervisor:
                 self._report(LoadFailed(d.model_id, str(e) or repr(e)))
                 return
             self._watch(rb)
-            if rb.load_seconds is not None:
-                self._seen_load_s[d.model_id] = rb.load_seconds
             measured = await self._measure(rb)
             self._persist(rb.record)
             log.info("backend.ready", model=d.model_id, pid=rb.pid, measured_mb=measured)

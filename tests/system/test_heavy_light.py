@@ -6,6 +6,7 @@ whose pid files tell which process served each lease."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,8 @@ def states(c: gpulet.Client) -> dict[str, str]:
     return {m.id: m.state.value for m in c.models()}
 
 
-def test_seed003_loop_keeps_the_tts_loaded_beside_one_heavy_model(
-    tmp_path: Path, piddir: Path
-) -> None:
-    config = (
+def seed003_config(piddir: Path) -> str:
+    return (
         PROFILE.read_text()
         # Seed 003's sizes; the LLM and SDXL are heavy by the profile's threshold, the TTS by
         # its own class (so the test also covers `weight_class`).
@@ -34,6 +33,12 @@ def test_seed003_loop_keeps_the_tts_loaded_beside_one_heavy_model(
         + process_model("tts", 3584, piddir, roles="tts = 90")
         + 'weight_class = "light"\n'
     )
+
+
+def test_seed003_loop_keeps_the_tts_loaded_beside_one_heavy_model(
+    tmp_path: Path, piddir: Path
+) -> None:
+    config = seed003_config(piddir)
     d = daemon_for(tmp_path, config, "--profile", "seed003_16gb").start()
     try:
         with gpulet.Client(address=d.address) as c:
@@ -51,7 +56,8 @@ def test_seed003_loop_keeps_the_tts_loaded_beside_one_heavy_model(
                 tts_pids.append(use("tts"))
                 use("sdxl")
                 loaded = {m for m, s in states(c).items() if s in ("loaded", "loading")}
-                # The heavy cap swapped the LLM out for SDXL; the TTS stayed beside it.
+                # SDXL took the LLM's place (the 15.5 GB budget holds one heavy model and the
+                # TTS, as does the cap); the TTS stayed beside it.
                 assert loaded == {"sdxl", "tts"}, states(c)
                 tts_pids.append(use("tts"))
                 llm_pids.append(use("llm"))
@@ -61,6 +67,33 @@ def test_seed003_loop_keeps_the_tts_loaded_beside_one_heavy_model(
             assert len(set(tts_pids)) == 1 and alive(tts_pids[0])
             # Each return of the LLM after SDXL was a reload (one heavy model at a time).
             assert len(set(llm_pids)) == 3
+    finally:
+        d.stop()
+    output = d.output()
+    assert "scheduler.invariant_violated" not in output, output
+    # Every reload of the LLM polls its health fastest around the load time learnt before.
+    spawns = [e for e in map(json.loads, output.splitlines()) if e["event"] == "backend.spawned"]
+    expected = [e["expected_load_s"] for e in spawns if e["model"] == "llm"]
+    assert expected[0] is None and len(expected) == 3, expected
+    assert all(isinstance(x, float) and x > 0 for x in expected[1:]), expected
+
+
+@pytest.mark.parametrize(("cap", "after_sdxl"), [(1, {"sdxl", "tts"}), (2, {"llm", "sdxl", "tts"})])
+def test_the_heavy_cap_alone_swaps_heavy_models_that_fit_by_memory(
+    tmp_path: Path, piddir: Path, cap: int, after_sdxl: set[str]
+) -> None:
+    """On a 32 GB GPU with room for all three models (26 GB), and for three models at once,
+    only `max_heavy_models` can keep SDXL from loading beside the LLM."""
+    roomy = ("max_vram_mb=30720", "headroom_mb=1024", "max_concurrent_models=3")
+    sets = [a for field in (*roomy, f"max_heavy_models={cap}") for a in ("--set", field)]
+    config = seed003_config(piddir)
+    d = daemon_for(tmp_path, config, "--profile", "seed003_16gb", *sets, gpus="32768").start()
+    try:
+        with gpulet.Client(address=d.address) as c:
+            for mid in ("llm", "tts", "sdxl"):
+                c.release(c.acquire(mid, ttl=60))
+            loaded = {m for m, s in states(c).items() if s in ("loaded", "loading")}
+            assert loaded == after_sdxl, states(c)
     finally:
         d.stop()
     output = d.output()

@@ -358,3 +358,42 @@ def test_the_handoff_tells_systemd_it_is_reloading_not_stopping(
             assert not any(b"STOPPING=1" in m for m in after), after
         finally:
             d.stop()
+
+
+def test_on_stop_keep_leaves_a_loading_backend_to_the_next_gpuletd(
+    tmp_path: Path, piddir: Path
+) -> None:
+    """TERM under --on-stop=keep while a backend is still loading: it is neither killed nor
+    restarted; the next gpuletd adopts it and grants it once it is healthy."""
+    config = process_model("slow", 3000, piddir, "--start-delay", "4")
+    d = daemon(tmp_path, config, *ROOMY, "--on-stop", "keep").start()
+    loading: subprocess.Popen[str] | None = None
+    pid = 0
+    try:
+        loading = subprocess.Popen(
+            [GPULET, "--address", d.address, "lease", "acquire", "slow", "--json"],
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert wait_until(lambda: (piddir / "slow.pid").exists(), timeout=10), d.output()
+        pid = pid_of(piddir, "slow")
+        assert d.stop(signal.SIGTERM, keep=True) == 0, d.output()
+        assert '"daemon.handed_off"' in d.output(), d.output()
+        loading.wait(10)
+        assert alive(pid), d.output()
+
+        # The next one stops everything on TERM: the test leaves nothing behind.
+        d.args = tuple("stop" if a == "keep" else a for a in d.args)
+        d.start()
+        with gpulet.Client(address=d.address) as c:
+            assert wait_until(lambda: states(c)["slow"] == "loaded", timeout=15), d.output()
+            assert pid_of(piddir, "slow") == pid and alive(pid)
+            c.acquire("slow", ttl=60, timeout=10)
+        assert '"backend.adopted"' in d.output(), d.output()
+    finally:
+        if loading is not None and loading.poll() is None:
+            loading.kill()
+        d.stop()
+    assert wait_until(lambda: not alive(pid), timeout=5), pid

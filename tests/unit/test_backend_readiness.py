@@ -7,7 +7,9 @@ because of its log line or its pipe message, and nothing else could have made it
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from gpuletd.backends import BackendStartTimeout, ProcessBackend, RunningBackend, check_health
 from gpuletd.backends.placeholders import Launch
@@ -110,8 +113,9 @@ async def test_output_that_never_matches_times_out_and_says_so(starter: Starter)
     model = starter.model("--health", "none", "--say", "Application startup failed")
     model = replace(model, ready_log_pattern=r"startup complete")
 
+    # Long enough for the backend's Python to start and print on a loaded machine.
     with pytest.raises(BackendStartTimeout) as caught:
-        await starter.start(model, timeout_s=1.0)
+        await starter.start(model, timeout_s=3.0)
 
     message = str(caught.value)
     assert "no line of its output matched ready_log_pattern 'startup complete'" in message
@@ -165,18 +169,19 @@ async def test_a_closed_ready_fd_is_not_readiness_and_health_still_decides(
     model = starter.model(
         "--health", "gated", "--gate", str(gate), "--close-fd", "--after-ready", str(after)
     )
-    start = asyncio.ensure_future(starter.start(model))
-    for _ in range(500):
-        if after.exists():
-            break
-        await asyncio.sleep(0.02)
-    assert after.exists()  # it closed its descriptor...
-    await asyncio.sleep(0.2)
-    assert not start.done()  # ...and that did not make it ready (nor fail the start)
+    with capture_logs() as logs:
+        start = asyncio.ensure_future(starter.start(model))
+        for _ in range(500):
+            if after.exists():
+                break
+            await asyncio.sleep(0.02)
+        assert after.exists()  # it closed its descriptor, and only then...
+        gate.touch()  # ...may its health URL answer
+        backend = await start  # the closed descriptor did not fail the start
 
-    gate.touch()
-    backend = await start
     assert backend.healthy
+    healthy = [e for e in logs if e["event"] == "backend.healthy"]
+    assert [e["by"] for e in healthy] == ["health_url"]  # not the closed descriptor
 
 
 async def test_a_late_ready_write_does_not_fail_the_backend(
@@ -205,8 +210,17 @@ async def test_a_late_ready_write_does_not_fail_the_backend(
 
 
 async def test_the_ready_fd_is_named_in_the_environment_and_not_inherited_elsewhere() -> None:
+    before = open_fds()
     pipe = ReadyPipe()
     try:
+        ends = open_fds() - before
+        assert len(ends) == 2 and pipe.child_fd in ends
+        # A child spawned meanwhile without pass_fds (another backend) gets neither end,
+        # even with every inheritable descriptor kept.
+        probe = subprocess.run(
+            [sys.executable, "-c", FD_OPEN, *map(str, sorted(ends))], close_fds=False, check=False
+        )
+        assert probe.returncode == 0
         model = Model(
             id="m",
             name="m",
@@ -227,6 +241,33 @@ async def test_the_ready_fd_is_named_in_the_environment_and_not_inherited_elsewh
         assert "GPULET_READY_FD" not in without  # the daemon's own names nothing here
     finally:
         pipe.close()
+
+
+async def test_a_backend_that_cannot_be_spawned_leaves_no_pipe_open(starter: Starter) -> None:
+    model = starter.model("--health", "always")
+    model = replace(model, command=(*model.command, "bad\0argument"))
+    before = open_fds()
+
+    with pytest.raises(ValueError, match="null byte"):
+        await starter.start(model)
+
+    assert open_fds() == before
+
+
+def open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+# Exits 1 if any of the descriptors in argv is open in the process.
+FD_OPEN = """
+import os, sys
+for fd in map(int, sys.argv[1:]):
+    try:
+        os.fstat(fd)
+    except OSError:
+        continue
+    sys.exit(1)
+"""
 
 
 # -- line matching -------------------------------------------------------------------------
@@ -252,6 +293,29 @@ def test_line_matcher_bounds_a_runaway_line() -> None:
 
     assert matcher.feed(b"x" * 100_000 + b"tail\n") is None  # past the first 8 KiB
     assert matcher.feed(b"tail\n") == "tail"
+
+
+def test_line_matcher_matches_the_first_8_kib_of_a_line_split_over_reads() -> None:
+    matcher = LineMatcher(re.compile(r"^x{8192}$"))
+
+    assert matcher.feed(b"x" * 5000) is None
+    assert matcher.feed(b"x" * 5000 + b"tail") is None  # its first 8 KiB are all x
+    assert matcher.feed(b"\r") == "x" * 8192
+
+
+def test_line_matcher_ends_lines_at_lf_cr_and_crlf_even_across_reads() -> None:
+    # Every kind of line end, in one big read: each line is found, and only whole lines.
+    chatty = b"".join(b"shard %d of 9000\n" % i for i in range(9000))
+    ends = (b"\n", b"\r", b"\r\n")
+    for i, end in enumerate(ends):
+        matcher = LineMatcher(re.compile(r"^step \d$"))
+        assert matcher.feed(chatty + b"step %d" % i + b"x" + end) is None
+        assert matcher.feed(chatty + b"step %d" % i + end) == f"step {i}"
+    # A CRLF split over two reads ends one line; the LF starts no line of its own.
+    matcher = LineMatcher(re.compile(r"^start 1$"))
+    assert matcher.feed(b"start 1x\r") is None
+    assert matcher.feed(b"\nstart 1") is None
+    assert matcher.feed(b"\r\n") == "start 1"
 
 
 # -- config --------------------------------------------------------------------------------

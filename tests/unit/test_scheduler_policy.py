@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TypeVar
 
+from gpuletd.config import load_config
 from gpuletd.profiles import BUILTIN_PROFILES, IdleUnload, Profile
 from gpuletd.registry import Backend, Model, WeightClass
 from gpuletd.scheduler import (
@@ -26,16 +28,9 @@ from tests.fakes.snapshots import snapshot as snap
 
 D = TypeVar("D")
 
-# deploy/profiles/seed003_16gb.toml, as the config file builds it.
-SEED003 = dataclasses.replace(
-    BUILTIN_PROFILES["constrained_16gb"],
-    name="seed003_16gb",
-    max_vram_mb=15872,
-    headroom_mb=512,
-    max_concurrent_models=2,
-    max_heavy_models=1,
-    heavy_threshold_mb=8192,
-)
+# The shipped example profile, as the daemon reads it.
+SEED003_FILE = Path(__file__).resolve().parents[2] / "deploy" / "profiles" / "seed003_16gb.toml"
+SEED003 = load_config([SEED003_FILE]).profiles["seed003_16gb"]
 
 
 def model(mid: str, mb: int, **kw: object) -> Model:

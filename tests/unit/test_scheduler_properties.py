@@ -37,11 +37,13 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from gpuletd.config import load_config
 from gpuletd.probe.types import GpuSnapshot, GpuState
 from gpuletd.profiles import BUILTIN_PROFILES, IdleUnload, Profile
 from gpuletd.registry import Backend, Model, WeightClass
@@ -113,19 +115,12 @@ REGISTRIES: list[dict[str, Model]] = [
 ]
 LINGER = st.sampled_from([0.0, 0.0, 0.5, 3.0])
 
-# The built-in profiles, and issue 8's rules on top of them: seed 003's heavy cap
-# (deploy/profiles/seed003_16gb.toml) and idle unload only under pressure.
+# The built-in profiles, and issue 8's rules on top of them: seed 003's heavy cap (the shipped
+# example profile, as the daemon reads it) and idle unload only under pressure.
+SEED003_FILE = Path(__file__).resolve().parents[2] / "deploy" / "profiles" / "seed003_16gb.toml"
 PROFILES: dict[str, Profile] = {
     **BUILTIN_PROFILES,
-    "seed003_16gb": dataclasses.replace(
-        BUILTIN_PROFILES["constrained_16gb"],
-        name="seed003_16gb",
-        max_vram_mb=15872,
-        headroom_mb=512,
-        max_concurrent_models=2,
-        max_heavy_models=1,
-        heavy_threshold_mb=8192,
-    ),
+    "seed003_16gb": load_config([SEED003_FILE]).profiles["seed003_16gb"],
     "pressure_24gb": dataclasses.replace(
         BUILTIN_PROFILES["balanced_24gb"],
         name="pressure_24gb",

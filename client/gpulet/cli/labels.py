@@ -42,21 +42,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="write the feature file to PATH, atomically (e.g. "
         f"{FEATURES_DIR}/gpulet); default: print it",
     )
-    p.add_argument(
+    _seconds(
+        p,
         "--ttl",
-        type=args.seconds(minimum=60),
-        default=float(DEFAULT_TTL_SECONDS),
-        metavar="S",
-        help="the labels expire S seconds from now unless rewritten "
-        f"(default {DEFAULT_TTL_SECONDS})",
+        60,
+        float(DEFAULT_TTL_SECONDS),
+        f"the labels expire S seconds from now unless rewritten (default {DEFAULT_TTL_SECONDS})",
     )
-    p.add_argument(
+    _seconds(
+        p,
         "--every",
-        type=args.seconds(minimum=1),
-        default=None,
-        metavar="S",
-        help="keep going: rewrite the file every S seconds (less than --ttl), riding out "
+        1,
+        None,
+        "keep going: rewrite the file every S seconds (less than --ttl), riding out "
         "gpuletd restarts; needs --output",
+    )
+
+
+def _seconds(
+    p: argparse.ArgumentParser, flag: str, minimum: float, default: float | None, help: str
+) -> None:
+    p.add_argument(
+        flag, type=args.seconds(minimum=minimum), default=default, metavar="S", help=help
     )
 
 

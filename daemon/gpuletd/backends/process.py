@@ -185,8 +185,9 @@ class ProcessBackend:
         log_file = open_log_file(log_dir, model.id, launch.command)
         output: int = log_file.fd if log_file is not None else subprocess.DEVNULL
         ready_pipe = ReadyPipe()
-        env = self.environment(model, launch, uuids, port, ready_fd=ready_pipe.child_fd)
+        process: asyncio.subprocess.Process | None = None
         try:
+            env = self.environment(model, launch, uuids, port, ready_fd=ready_pipe.child_fd)
             # Until the handle claims the new pid, the orphan reaper must not reap anything:
             # it could take the exit status asyncio is about to wait for.
             with reaper.spawning():
@@ -208,7 +209,6 @@ class ProcessBackend:
                 )
                 handle = ChildHandle(process)
         except OSError as exc:
-            ready_pipe.close()
             raise BackendStartError(
                 model.id,
                 f"could not run {launch.command[0]!r}: {exc.strerror or exc}",
@@ -219,7 +219,12 @@ class ProcessBackend:
         finally:
             if log_file is not None:
                 os.close(log_file.fd)  # the child has its copies
-            ready_pipe.spawned()
+            if process is None:
+                # Not spawned (an OSError, a bad argument, a cancel): no backend will ever
+                # close the read end for us.
+                ready_pipe.close()
+            else:
+                ready_pipe.spawned()
 
         record = BackendRecord(
             model_id=model.id,

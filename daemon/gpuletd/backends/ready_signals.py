@@ -34,6 +34,8 @@ _MAX_LINE_BYTES = 8192
 _READ_BYTES = 1024 * 1024
 # Bytes of ready-pipe input kept while waiting for a newline.
 _MAX_PIPE_LINE = 256
+# CRLF is one line end; a CR and an LF in two reads make an empty line between, never matched.
+_LINE_END = re.compile(rb"\r\n?|\n")
 
 
 class LineMatcher:
@@ -49,24 +51,23 @@ class LineMatcher:
 
     def feed(self, data: bytes) -> str | None:
         """The first complete line in what was fed so far that matches, or None."""
+        # One scan for every line end: looking for LF and CR separately would search to the
+        # end of the data for the one that is absent, at every line (quadratic in a read).
         start = 0
-        while True:
-            ends = [i for i in (data.find(b"\n", start), data.find(b"\r", start)) if i >= 0]
-            if not ends:
-                self._extend(data[start:])
-                return None
-            end = min(ends)
-            self._extend(data[start:end])
+        for end in _LINE_END.finditer(data):
+            self._extend(data, start, end.start())
             line = bytes(self._partial).decode("utf-8", "replace")
             self._partial.clear()
             if line and self._pattern.search(line):
                 return line
-            start = end + 1
+            start = end.end()
+        self._extend(data, start, len(data))
+        return None
 
-    def _extend(self, chunk: bytes) -> None:
+    def _extend(self, data: bytes, start: int, end: int) -> None:
         room = _MAX_LINE_BYTES - len(self._partial)
         if room > 0:
-            self._partial += chunk[:room]
+            self._partial += data[start : min(end, start + room)]
 
 
 async def wait_for_log_line(
