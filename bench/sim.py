@@ -7,8 +7,9 @@ simulator is the rest of the world:
 
 - clients: each request of the trace arrives (roots at their time, followers `gap_s` after
   what they follow is done), waits for its grant, holds the lease for `hold_s`, releases it;
-- backends: a `StartBackend` becomes `load_succeeded` after the model's load time, a
-  `StopBackend` becomes `unload_finished` after its unload time;
+- backends: a `StartBackend` becomes `load_succeeded` after the model's spawn and load
+  times (only the load counts as load seconds), a `StopBackend` becomes `unload_finished`
+  after its unload time;
 - the GPUs: memory is taken at `StartBackend` and given back at `unload_finished` (true
   footprint = the reservation the policy asked for); a probe reading consistent with that is
   fed after every change; `tick` is called at `next_wakeup()`.
@@ -249,7 +250,7 @@ class Simulator:
         if any(self._used(u) > self._totals[u] for u in d.gpu_uuids):
             self._overcommit += 1
         self._token += 1
-        end = self._now + spec.load_s
+        end = self._now + spec.spawn_s + spec.load_s
         self._loading[mid] = (self._now, end, self._token)
         self._loads += 1
         self._load_s += spec.load_s
@@ -261,7 +262,7 @@ class Simulator:
         if mid in self._loading:
             # Stopped while loading (a load timeout): only the time spent so far was wasted.
             _start, end, _token = self._loading.pop(mid)
-            self._load_s -= max(0.0, end - self._now)
+            self._load_s -= min(self._specs[mid].load_s, max(0.0, end - self._now))
         elif mid in self._loaded:
             self._loaded.discard(mid)
         else:

@@ -52,6 +52,9 @@ class ModelSpec:
     unload_s: float
     # A static per-model priority (llama-swap's only notion of priority); higher first.
     priority: int = 0
+    # Time from the start of its process to the start of its load (an interpreter starting):
+    # it delays readiness like the load does but is not GPU time, so `load_s` leaves it out.
+    spawn_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """A model for vramd's persistent workers in the live replay, written the way vramd documents
 (an adapter with load / generate / unload run by `vramd.worker.run_worker_loop`). It runs in
-vramd's own venv, so it imports nothing of gpulet.
+vramd's own venv, so it imports nothing of gpulet (but the stdlib-only worker beside it).
 
     python bench/live/vramd_worker.py --model ID --mb N --load-s S --record FILE --mem-dir DIR
 
-- load: sleeps S seconds, then "holds" N MiB: it writes N to DIR/<pid>, which the fake NVML
-  (`fakenvml/pynvml.py`) sums over live workers as the GPU's used memory. Appends the start and
-  ready wall times to FILE, as the gpuletd worker does.
+- load: ready S seconds after the load command, or for the process's first load S seconds
+  after the process was created (as the gpuletd worker, whose every load is a new process:
+  the interpreter's start-up is part of the load time, not added to it), then "holds" N MiB:
+  it writes N to DIR/<pid>, which the fake NVML (`fakenvml/pynvml.py`) sums over live workers
+  as the GPU's used memory. Appends the start and ready wall times to FILE, as the gpuletd
+  worker does.
 - generate: the request's `hold_s` is the lease: it records the wall time it began (the grant
   as a client of vramd sees its model in use) and sleeps `hold_s`.
 - unload: removes DIR/<pid>.
@@ -31,13 +34,19 @@ def _append(path: str, record: dict[str, object]) -> None:
 
 def _adapter(args: argparse.Namespace) -> type:
     mem_file = Path(args.mem_dir) / str(os.getpid())
+    # This script's directory is first on sys.path: the gpuletd worker, stdlib only.
+    from worker import _process_started  # type: ignore[import-not-found,unused-ignore]
+
+    first = [True]
 
     class Adapter:
         name = args.model
 
         def load(self, **kwargs: Any) -> object:
-            start = time.time()
-            time.sleep(args.load_s)
+            now = time.time()
+            start = min(now, _process_started(now)) if first[0] else now
+            first[0] = False
+            time.sleep(max(0.0, start + args.load_s - time.time()))
             mem_file.write_text(str(args.mb))
             _append(
                 args.record,

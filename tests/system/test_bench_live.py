@@ -28,3 +28,5 @@ def test_a_short_workflow_is_served_and_every_load_is_recorded() -> None:
     assert r.lag_p50_s is not None and r.lag_p50_s >= 0
     for x in ready:
         assert x["ready"] - x["start"] >= w.model(x["model"]).load_s
+        # The load counts from the process's start, which came before its first line ran.
+        assert x["start"] <= x["main"] <= x["ready"]

@@ -15,7 +15,7 @@ import pytest
 
 from bench.core_scale import measure_scale
 from bench.live import traces
-from bench.live.__main__ import live_profile, recycles, simulated
+from bench.live.__main__ import live_profile, recycles, simulated, without_spawn
 from bench.live.gpulet_side import PROFILE, config_toml
 from bench.live.results import grant_lags, summarise
 from bench.live.vramd_side import backends_yaml
@@ -157,6 +157,24 @@ def test_the_pure_core_twin_serves_every_request_of_the_live_traces() -> None:
     for w in traces.live_traces(quick=True):
         for r in simulated(w):
             assert r.refused == r.unserved == r.anomaly_count == 0, (w.name, r.policy)
+
+
+def test_the_pure_core_twin_waits_for_a_worker_to_spawn_but_counts_only_its_load() -> None:
+    # Each live worker is a Python process that starts its load only once the interpreter is
+    # up: without that delay the pure-core replay runs ahead of the live one and its closed
+    # loops meet in another order than the daemon's.
+    spawned = traces.cyclic(1)
+    assert all(m.spawn_s == traces.SPAWN_S > 0 for m in spawned.models)
+    slow, fast = (simulated(w)[0] for w in (spawned, without_spawn(spawned)))
+    loads = sum(m.load_s for m in spawned.models)
+    assert slow.loads == fast.loads == len(spawned.models)
+    assert slow.load_s == pytest.approx(loads) and fast.load_s == pytest.approx(loads)
+    # One client, every request a cold load: each waits the spawn on top of the load.
+    assert slow.wait_mean_s == pytest.approx(fast.wait_mean_s + traces.SPAWN_S)
+    # vramd's workers outlive their unloads (and the bound is an ideal): neither pays it.
+    pairs = zip(simulated(spawned)[1:], simulated(without_spawn(spawned))[1:], strict=True)
+    for twin, ideal in pairs:
+        assert twin.wait_mean_s == ideal.wait_mean_s, twin.policy
 
 
 def test_the_scale_benchmark_holds_the_queue_at_its_length() -> None:
