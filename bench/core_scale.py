@@ -10,6 +10,7 @@ the time inside the core's calls is counted; the driver's own bookkeeping is not
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections import deque
@@ -21,7 +22,7 @@ from gpuletd.registry import Backend, Model
 from gpuletd.scheduler import Scheduler
 from gpuletd.scheduler.decisions import Decision, Granted, Rejected, StartBackend, StopBackend
 
-__all__ = ["ScaleResult", "format_scale", "measure_ladder", "measure_scale"]
+__all__ = ["ScaleResult", "format_scale", "main", "measure_ladder", "measure_scale"]
 
 _GPU_MB = 81920
 
@@ -53,7 +54,9 @@ class _Driver:
     def __init__(self, queued: int, models: int, gpus: int, seed: int) -> None:
         self._rng = random.Random(seed)
         self._ids = [f"m{i:03d}" for i in range(models)]
-        self._weights = [1 / (r + 1) ** 1.1 for r in range(models)]
+        # Cumulative, once: `choices` would add the weights up again on every draw (the same
+        # draws either way).
+        self._cum = list(itertools.accumulate(1 / (r + 1) ** 1.1 for r in range(models)))
         registry = {
             mid: Model(
                 id=mid,
@@ -108,7 +111,7 @@ class _Driver:
 
     def request(self) -> None:
         self._next += 1
-        mid = self._rng.choices(self._ids, self._weights)[0]
+        mid = self._rng.choices(self._ids, cum_weights=self._cum)[0]
         self.waiting += 1
         self._timed("request", f"r{self._next}", mid, now=self.now, ttl_s=3600.0)
 
@@ -184,3 +187,12 @@ def format_scale(results: list[ScaleResult]) -> str:
                 f"{r.fill_s:.0f} s budget: longer queues were not tried)"
             )
     return "\n".join(lines)
+
+
+def main() -> None:
+    """`python -m bench.core_scale`: the ladder alone, as `python -m bench` prints it."""
+    print(format_scale(measure_ladder()))
+
+
+if __name__ == "__main__":
+    main()

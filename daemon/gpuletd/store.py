@@ -14,16 +14,19 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from time import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
+
+if TYPE_CHECKING:
+    from gpuletd.scheduler.snapshot_delta import SnapshotDelta
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -40,7 +43,9 @@ log = structlog.get_logger(__name__)
 
 # Bump only together with a migration in `_open_checked`: a file whose user_version is higher
 # than this was written by a newer release, and is moved aside rather than misread.
-SCHEMA_VERSION: Final = 1
+# 2: the core snapshot by parts (`core_models`, `core_leases`, `core_ended`); a version 1 file
+# holds it whole in `core.snapshot`, which is still read, and the first save splits it.
+SCHEMA_VERSION: Final = 2
 
 # Short on purpose: the only legitimate holder of the file is this daemon (the server takes a
 # lock file before it opens the store), so waiting longer only delays the start.
@@ -55,12 +60,32 @@ _COMPANIONS: Final = ("", "-wal", "-shm", "-journal")
 _TABLES: Final = {
     # One row. `saved_mono` and `boot_id` let the daemon carry monotonic deadlines (lease
     # expiries, grace periods) across a restart: they stay comparable while the boot id matches.
+    # `snapshot` is the whole snapshot (`save_core`), or its head when it names, under
+    # `_PARTS_KEY`, the parts kept in the `core_*` tables below (`save_core_delta`).
     "core": """CREATE TABLE core (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         snapshot TEXT NOT NULL,
         saved_wall REAL NOT NULL,
         saved_mono REAL NOT NULL,
         boot_id TEXT
+    )""",
+    # The parts of the snapshot that change one item at a time, so that a decision writes
+    # only the items it changed: model records and leases by key, read back by position.
+    "core_models": """CREATE TABLE core_models (
+        key TEXT PRIMARY KEY NOT NULL,
+        pos INTEGER NOT NULL,
+        record TEXT NOT NULL
+    )""",
+    "core_leases": """CREATE TABLE core_leases (
+        lease_id TEXT PRIMARY KEY NOT NULL,
+        pos INTEGER NOT NULL,
+        record TEXT NOT NULL
+    )""",
+    # Ended leases only grow at the end and are forgotten from the start.
+    "core_ended": """CREATE TABLE core_ended (
+        pos INTEGER PRIMARY KEY NOT NULL,
+        lease_id TEXT NOT NULL,
+        why TEXT NOT NULL
     )""",
     "backends": """CREATE TABLE backends (
         model_id TEXT PRIMARY KEY NOT NULL,
@@ -85,15 +110,27 @@ _TABLES: Final = {
         updated_wall REAL NOT NULL
     )""",
 }
-# Tables added after schema 1 shipped. Created on open when missing, so a file from the release
-# before keeps its state; no version bump, since a release that lacks them ignores them.
-_ADDED_TABLES: Final = ("measurements",)
+# Tables added after schema 1 shipped, created on open when missing so that a file from the
+# release before keeps its state. `measurements` needed no version bump (a release that lacks
+# it ignores it); the `core_*` tables did (one without them would read only the head).
+_ADDED_TABLES: Final = ("measurements", "core_models", "core_leases", "core_ended")
+_PARTS: Final = ("core_models", "core_leases", "core_ended")
+# In a head written by parts: the snapshot keys kept as rows, and where.
+_PARTS_KEY: Final = "_stored_by_parts"
+_PARTS_HEAD: Final = f'{{"{_PARTS_KEY}":["models","leases","ended"],'
 
 _SAVE_CORE: Final = """
     INSERT INTO core (id, snapshot, saved_wall, saved_mono, boot_id) VALUES (1, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET snapshot = excluded.snapshot,
         saved_wall = excluded.saved_wall, saved_mono = excluded.saved_mono,
         boot_id = excluded.boot_id"""
+_TOUCH_CORE: Final = "UPDATE core SET saved_wall = ?, saved_mono = ?, boot_id = ? WHERE id = 1"
+_PUT_MODEL: Final = """
+    INSERT INTO core_models (key, pos, record) VALUES (?, ?, ?)
+    ON CONFLICT (key) DO UPDATE SET pos = excluded.pos, record = excluded.record"""
+_PUT_LEASE: Final = """
+    INSERT INTO core_leases (lease_id, pos, record) VALUES (?, ?, ?)
+    ON CONFLICT (lease_id) DO UPDATE SET pos = excluded.pos, record = excluded.record"""
 _PUT_BACKEND: Final = """
     INSERT INTO backends (model_id, record, updated_wall) VALUES (?, ?, ?)
     ON CONFLICT (model_id) DO UPDATE SET record = excluded.record,
@@ -194,6 +231,9 @@ class StateStore:
         # and a stray write from another thread from interleaving on the shared connection.
         self._lock = threading.RLock()
         self._depth = 0
+        # Grows whenever the stored core changes other than by `save_core_delta`, or a
+        # transaction is rolled back: a SnapshotWriter's memory of what is stored is then void.
+        self.core_epoch = 0
 
     @classmethod
     def open(cls, path: Path) -> StateStore:
@@ -227,20 +267,60 @@ class StateStore:
     # -- writes: each commits by itself, or joins the enclosing transaction() ------------------
 
     def save_core(self, snapshot: Mapping[str, Any], *, wall: float, mono: float) -> None:
+        """The whole snapshot in one text (what schema 1 always did)."""
         text = json.dumps(_as_dict(snapshot), separators=(",", ":"))
         params = (text, float(wall), float(mono), self.boot_id)
-        self._write("save the scheduler snapshot", _SAVE_CORE, params)
+        with self.transaction():
+            self._drop_parts()
+            self._write("save the scheduler snapshot", _SAVE_CORE, params)
+
+    def save_core_delta(self, delta: SnapshotDelta, *, wall: float, mono: float) -> None:
+        """What changed since the writer's previous delta, which must have been the last write
+        of the core here (see `core_epoch`); `load_core` then gives the whole snapshot."""
+        what = "save the scheduler snapshot"
+        with self._joined():
+            if delta.full:
+                self._drop_parts()
+            if delta.head is not None:
+                text = _PARTS_HEAD + delta.head[1:]
+                self._write(what, _SAVE_CORE, (text, float(wall), float(mono), self.boot_id))
+            else:
+                self._write(what, _TOUCH_CORE, (float(wall), float(mono), self.boot_id))
+            if delta.models_gone:
+                sql = "DELETE FROM core_models WHERE key = ?"
+                self._write_many(what, sql, [(k,) for k in delta.models_gone])
+            if delta.models:
+                self._write_many(what, _PUT_MODEL, delta.models)
+            if delta.leases_gone:
+                sql = "DELETE FROM core_leases WHERE lease_id = ?"
+                self._write_many(what, sql, [(k,) for k in delta.leases_gone])
+            if delta.leases:
+                self._write_many(what, _PUT_LEASE, delta.leases)
+            if delta.ended:
+                sql = "INSERT INTO core_ended (pos, lease_id, why) VALUES (?, ?, ?)"
+                self._write_many(what, sql, delta.ended)
+            if delta.ended_from is not None:
+                sql = "DELETE FROM core_ended WHERE pos < ?"
+                self._write(what, sql, (delta.ended_from,))
 
     def discard_core(self) -> None:
         """For a snapshot the daemon decided not to trust; footprints are kept."""
-        self._write("discard the scheduler snapshot", "DELETE FROM core", ())
+        with self.transaction():
+            self._drop_parts()
+            self._write("discard the scheduler snapshot", "DELETE FROM core", ())
 
     def clear_state(self) -> None:
         """After a clean stop (every backend stopped) there is nothing to resume or adopt;
         what was measured stays, since it is true of the models, not of this run."""
         with self.transaction():
+            self._drop_parts()
             self._write("discard the scheduler snapshot", "DELETE FROM core", ())
             self._write("discard backend records", "DELETE FROM backends", ())
+
+    def _drop_parts(self) -> None:
+        self.core_epoch += 1
+        for table in _PARTS:
+            self._write("discard the scheduler snapshot", f"DELETE FROM {table}", ())
 
     def put_backend(self, model_id: str, record: Mapping[str, Any]) -> None:
         text = json.dumps(_as_dict(record), separators=(",", ":"))
@@ -275,6 +355,7 @@ class StateStore:
                 try:
                     yield
                 except BaseException:
+                    self.core_epoch += 1
                     self._sql("roll back", f"ROLLBACK TO {savepoint}")
                     self._sql("roll back", f"RELEASE {savepoint}")
                     raise
@@ -291,6 +372,7 @@ class StateStore:
                 self._check_file()
                 self._sql("commit", "COMMIT")
             except BaseException:
+                self.core_epoch += 1
                 # The original error says more than a failed rollback would; SQLite undoes an
                 # unfinished transaction on close anyway.
                 if conn.in_transaction:
@@ -300,6 +382,22 @@ class StateStore:
             finally:
                 self._depth = 0
 
+    @contextmanager
+    def _joined(self) -> Iterator[None]:
+        """A transaction of its own, or the enclosing one without a savepoint (two statements
+        fewer on the hot path): a failure is left to the enclosing block to roll back."""
+        with self._lock:
+            if self._depth:
+                try:
+                    yield
+                except BaseException:
+                    # Part of it may stand if the caller goes on: what is stored is unknown.
+                    self.core_epoch += 1
+                    raise
+                return
+            with self.transaction():
+                yield
+
     # -- reads ---------------------------------------------------------------------------------
 
     def load_core(self) -> SavedCore | None:
@@ -308,7 +406,18 @@ class StateStore:
         if not rows:
             return None
         text, wall, mono, boot_id = rows[0]
-        return SavedCore(self._decode(text, "the scheduler snapshot"), wall, mono, boot_id)
+        snapshot = self._decode(text, "the scheduler snapshot")
+        if snapshot.pop(_PARTS_KEY, None) is not None:
+            sql = "SELECT record FROM core_models ORDER BY pos"
+            rows = self._read("read the scheduler snapshot", sql)
+            snapshot["models"] = [self._decode(t, "a model record") for (t,) in rows]
+            sql = "SELECT record FROM core_leases ORDER BY pos"
+            rows = self._read("read the scheduler snapshot", sql)
+            snapshot["leases"] = [self._decode(t, "a lease record") for (t,) in rows]
+            sql = "SELECT lease_id, why FROM core_ended ORDER BY pos"
+            rows = self._read("read the scheduler snapshot", sql)
+            snapshot["ended"] = [[lid, why] for lid, why in rows]
+        return SavedCore(snapshot, wall, mono, boot_id)
 
     def backends(self) -> dict[str, dict[str, Any]]:
         sql = "SELECT model_id, record FROM backends ORDER BY model_id"
@@ -346,6 +455,15 @@ class StateStore:
             if not self._depth:
                 self._check_file()  # inside a transaction this runs once, before COMMIT
             self._sql(what, sql, params)
+
+    def _write_many(self, what: str, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+        with self._lock:
+            if not self._depth:
+                self._check_file()
+            try:
+                self._live().executemany(sql, rows)
+            except sqlite3.Error as e:
+                raise StoreError(f"could not {what} in {self.path}: {e}") from e
 
     def _read(self, what: str, sql: str) -> list[Any]:
         with self._lock:
@@ -542,6 +660,10 @@ def _check_json(conn: sqlite3.Connection) -> None:
             _decode(text, "the scheduler snapshot")
         for model_id, text in conn.execute("SELECT model_id, record FROM backends"):
             _decode(text, f"the record of backend {model_id!r}")
+        for key, text in conn.execute("SELECT key, record FROM core_models"):
+            _decode(text, f"the scheduler's record of {key!r}")
+        for lease_id, text in conn.execute("SELECT lease_id, record FROM core_leases"):
+            _decode(text, f"the scheduler's record of lease {lease_id!r}")
     except ValueError as e:
         raise _Unusable(f"it is damaged: {e}") from e
 

@@ -3,6 +3,8 @@ under pressure, and the head of the queue against the per-GPU load lock."""
 
 from __future__ import annotations
 
+import pytest
+
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -307,6 +309,32 @@ def test_patience_never_runs_past_a_deadline_or_when_disabled() -> None:
     s2.start(0.0)
     _trio(s2)
     assert [x.model_id for x in of(s2.request("i", "img", now=40.0), StopBackend)] == ["llm"]
+
+
+def test_a_patient_request_does_not_hold_back_a_load_that_fits_now() -> None:
+    models = {**TRIO, "tiny": model("tiny", 500)}
+    s = Scheduler(TRIO_PROFILE, models, [snap(0, 16384)], tuning=PATIENT)
+    s.start(0.0)
+    _trio(s)
+    assert of(s.request("i", "img", now=40.0), StopBackend) == []
+    assert next(q for q in s.queue() if q.request_id == "i").patient_until == 53.0
+    # 500 MiB fit beside the LLM and the TTS: the patient head is not waiting for memory on
+    # its way back, so the load goes now rather than after its patience.
+    out = s.request("x", "tiny", now=41.0)
+    assert [x.model_id for x in of(out, StartBackend)] == ["tiny"]
+    ok(s)
+
+
+def test_patience_spends_at_most_half_the_slack_a_deadline_leaves() -> None:
+    s = Scheduler(TRIO_PROFILE, TRIO, [snap(0, 16384)], tuning=PATIENT)
+    s.start(0.0)
+    _trio(s)
+    own_load = 6000 / 1024 * 2.0  # img never loaded: 2 s per GiB
+    out = s.request("i", "img", now=40.0, deadline=40.0 + own_load + 10.0)
+    assert of(out, StopBackend) == []
+    entry = next(q for q in s.queue() if q.request_id == "i")
+    assert entry.patient_until == pytest.approx(45.0)
+    ok(s)
 
 
 # -- set-aware eviction --------------------------------------------------------------------------

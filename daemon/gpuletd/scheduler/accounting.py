@@ -15,6 +15,7 @@ shows it back, or `memory_settle_s` passes."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ from gpuletd.scheduler.placement import (
     resolve_need,
 )
 from gpuletd.scheduler.records import GpuRecord, ModelRecord
-from gpuletd.scheduler.state import State, instances
+from gpuletd.scheduler.state import Holding, State, holders
 
 __all__ = [
     "Hypothesis",
@@ -45,18 +46,22 @@ __all__ = [
     "grace_due",
     "grace_s",
     "held_on",
+    "holding",
     "idle_until",
     "in_flux",
     "load_due",
     "load_estimate_s",
     "need",
+    "need_and_ceiling",
     "place_now",
     "plan",
     "reuse_per_s",
+    "stuck_key",
     "wanted",
 ]
 
 _MIB_PER_GIB = 1024
+_LOADING, _LOADED = ModelState.LOADING, ModelState.LOADED
 
 
 @dataclass(frozen=True)
@@ -87,14 +92,73 @@ def gpu_infos(st: State) -> list[GpuInfo]:
     return st.gpu_info_cache
 
 
+def need_and_ceiling(st: State, rec: ModelRecord) -> tuple[Need, CeilingProblem | None]:
+    """`need` and `ceiling` at once."""
+    # Both depend only on the model, its reservation, the profile and the GPU infos (a new
+    # list whenever a reading or a profile changes them), and are asked for every request
+    # of every pass: remembered on the record until one of those is replaced.
+    infos = gpu_infos(st)
+    res = rec.reservation_mb
+    m = rec.need_memo
+    if (
+        m is not None
+        and m[0] is rec.model
+        and m[1] == res
+        and m[2] is st.profile
+        and m[3] is infos
+        and m[4] == rec.memory
+    ):
+        return m[5], m[6]  # type: ignore[return-value]
+    nd = resolve_need(rec.model, res, st.profile, infos, one_gpu=rec.memory)
+    problem = ceiling_problem(nd, st.profile, infos)
+    rec.need_memo = (rec.model, res, st.profile, infos, rec.memory, nd, problem, _shape(nd))
+    return nd, problem
+
+
+def _shape_of(rec: ModelRecord, nd: Need) -> tuple[object, ...]:
+    m = rec.need_memo
+    if m is not None and m[5] is nd:
+        return m[7]  # type: ignore[return-value]
+    return _shape(nd)
+
+
 def need(st: State, rec: ModelRecord) -> Need:
-    return resolve_need(
-        rec.model, rec.reservation_mb, st.profile, gpu_infos(st), one_gpu=rec.memory
-    )
+    return need_and_ceiling(st, rec)[0]
 
 
 def ceiling(st: State, rec: ModelRecord) -> CeilingProblem | None:
-    return ceiling_problem(need(st, rec), st.profile, gpu_infos(st))
+    return need_and_ceiling(st, rec)[1]
+
+
+def _scan(st: State) -> Holding:
+    held: dict[str, int] = {}
+    count = reserved = heavy = 0
+    loading: list[ModelRecord] = []
+    moving = False
+    for r in holders(st):
+        state = r.state
+        if state is ModelState.LOADING:
+            loading.append(r)
+            moving = True
+        elif state is ModelState.UNLOADING:
+            moving = True
+        count += 1
+        reserved += r.reserved_mb
+        heavy += r.heavy
+        for u, mb in r.shares.items():
+            held[u] = held.get(u, 0) + mb
+    return Holding(held, count, reserved, heavy, loading, moving)
+
+
+def holding(st: State) -> Holding:
+    """What holds memory, added up. Memoised during a pass (a transition clears it, as it
+    clears the plans); outside one, the handlers change records without telling, so it is
+    counted afresh."""
+    if st.plan_cache is None:
+        return _scan(st)
+    if st.holding_cache is None:
+        st.holding_cache = _scan(st)
+    return st.holding_cache
 
 
 def in_flux(st: State) -> bool:
@@ -102,12 +166,12 @@ def in_flux(st: State) -> bool:
     a foreign-memory estimate taken now may be transiently wrong."""
     if any(g.pending for g in st.gpus.values()):
         return True
-    return any(r.state in (ModelState.LOADING, ModelState.UNLOADING) for r in instances(st))
+    return holding(st).moving
 
 
 def held_on(st: State, uuid: str) -> int:
     """MiB reserved on a GPU by models loading, loaded or unloading there."""
-    return sum(r.shares.get(uuid, 0) for r in instances(st) if r.holds_memory)
+    return holding(st).held.get(uuid, 0)
 
 
 def _live_term(st: State, g: GpuRecord) -> int | None:
@@ -121,7 +185,7 @@ def _live_term(st: State, g: GpuRecord) -> int | None:
     return g.free_mb - st.profile.headroom_mb
 
 
-def available_now(st: State, g: GpuRecord) -> int:
+def available_now(st: State, g: GpuRecord, held: Holding | None = None) -> int:
     assert g.total_mb is not None
     # Memory others hold counts here too, not only through the reading: a reading taken
     # before our last load shows that load's memory as free, and with little headroom a
@@ -130,21 +194,23 @@ def available_now(st: State, g: GpuRecord) -> int:
         g.total_mb
         - st.profile.headroom_mb
         - g.foreign_mb
-        - held_on(st, g.uuid)
+        - (held or holding(st)).held.get(g.uuid, 0)
         - sum(p.mb for p in g.pending)
     )
     live = _live_term(st, g)
     return accounted if live is None else min(accounted, live)
 
 
-def _locked(st: State, rec: ModelRecord, share_mb: int, room: Mapping[str, int]) -> set[str]:
+def _locked(
+    st: State, rec: ModelRecord, share_mb: int, room: Mapping[str, int], held: Holding
+) -> set[str]:
     """GPUs with a load under way where another may not start. Nothing else is placed there
     until it ends, unless memory there is certain: every model loading there, and this one,
     has a footprint measured on an earlier load (a first load may take more than its estimate
     while warming up, and two such would each see the other's memory appear); the GPU reads
     OK with no freed memory still to show; and with this load too, `concurrent_load_margin_mb`
     stays free there beyond the headroom."""
-    loading = [r for r in instances(st) if r.state is ModelState.LOADING]
+    loading = held.loading
     busy = {u for r in loading for u in r.gpu_uuids}
     margin = st.tuning.concurrent_load_margin_mb
     if margin is None or not busy:
@@ -167,18 +233,49 @@ def place_now(st: State, rec: ModelRecord, nd: Need | None = None) -> tuple[str,
     model holding memory, unloads under way included, against the profile's limits: so no
     load starts while a reconfigure has left more loaded than the new profile allows."""
     nd = nd or need(st, rec)
-    active = [r for r in instances(st) if r.holds_memory]
-    if len(active) + 1 > st.profile.max_concurrent_models:
+    cache = st.place_cache
+    if cache is None:
+        return _place_now(st, rec, nd)
+    # `_locked` asks only whether the footprint was measured.
+    key = stuck_key(rec, nd)
+    if key not in cache:
+        cache[key] = _place_now(st, rec, nd)
+    return cache[key]
+
+
+def stuck_key(rec: ModelRecord, nd: Need) -> tuple[object, ...]:
+    """What `place_now` and the feasibility of `plan` read of a request's model: two models
+    with the same key get the same answers from both within a pass."""
+    return (_shape_of(rec, nd), rec.measured_mb is None)
+
+
+def _shape(nd: Need) -> tuple[object, ...]:
+    """All that placement and the victim search's feasibility read of a need (its model id
+    only breaks ties between victims, and the reload time only weighs them)."""
+    return (nd.n_gpus, nd.share_mb, nd.total_mb, nd.heavy, nd.allowed)
+
+
+def _place_now(st: State, rec: ModelRecord, nd: Need) -> tuple[str, ...] | None:
+    held = holding(st)
+    if held.count + 1 > st.profile.max_concurrent_models:
         return None
-    if sum(r.reserved_mb for r in active) + nd.total_mb > st.profile.max_vram_mb:
+    if held.reserved_mb + nd.total_mb > st.profile.max_vram_mb:
         return None
     cap = st.profile.max_heavy_models
-    if nd.heavy and cap is not None and sum(r.heavy for r in active) + 1 > cap:
+    if nd.heavy and cap is not None and held.heavy + 1 > cap:
         return None
-    room = {
-        u: available_now(st, g) for u, g in st.gpus.items() if not g.lost and g.total_mb is not None
-    }
-    return best_fit(nd, room, _locked(st, rec, nd.share_mb, room))
+    room = held.room
+    if room is None:
+        room = {
+            u: available_now(st, g, held)
+            for u, g in st.gpus.items()
+            if not g.lost and g.total_mb is not None
+        }
+        if held is st.holding_cache:
+            # Only the GPU readings, the clock and the records move it: fixed within a pass
+            # until a transition clears the memo.
+            held.room = room
+    return best_fit(nd, room, _locked(st, rec, nd.share_mb, room, held))
 
 
 def reuse_per_s(st: State, rec: ModelRecord, wanted: set[str]) -> float:
@@ -200,12 +297,61 @@ def load_estimate_s(st: State, rec: ModelRecord) -> float:
 def wanted(st: State) -> set[str]:
     """Models some request waits for a turn for (memoised within a pass)."""
     if st.wanted_cache is None:
-        st.wanted_cache = {q.model_id for q in st.queue if not q.joined}
+        st.wanted_cache = st.queue.wanted_models()
     return st.wanted_cache
 
 
 def future_view(st: State, hypo: Hypothesis | None = None) -> FutureView:
-    """The machine once every unload under way has finished and its memory is back."""
+    """The machine once every unload under way has finished and its memory is back. Without
+    a hypothesis it is memoised during a pass; with one it is derived from that."""
+    if st.plan_cache is None:
+        return _future_view(st, hypo)
+    if st.view_cache is None:
+        st.view_cache = _future_view(st, None)
+    base = st.view_cache
+    if hypo is None or (hypo.added_id is None and not hypo.removed):
+        return base
+    return _suppose(base, hypo)
+
+
+def _suppose(base: FutureView, hypo: Hypothesis) -> FutureView:
+    """`base` with the hypothesis applied: what `_future_view(st, hypo)` computes, without
+    walking the models again."""
+    room = dict(base.room)
+    slots, budget, heavies = base.slots_used, base.budget_used, base.heavy_used
+    candidates: list[Candidate] = []
+    for c in base.candidates:
+        if c.model_id not in hypo.removed:
+            candidates.append(c)
+            continue
+        slots -= 1
+        budget -= c.reserved_mb
+        heavies -= c.heavy
+        for u, mb in c.gpu_shares.items():
+            if u in room:
+                room[u] += mb
+    if hypo.added_id is not None:
+        slots += 1
+        budget += hypo.added_total
+        heavies += hypo.added_heavy
+        shares = dict(hypo.added_shares or {})
+        for u, mb in shares.items():
+            if u in room:
+                room[u] -= mb
+        candidates.append(
+            Candidate(hypo.added_id, shares, hypo.added_total, 0.0, True, hypo.added_heavy)
+        )
+    return dataclasses.replace(
+        base,
+        room=room,
+        slots_used=slots,
+        budget_used=budget,
+        candidates=candidates,
+        heavy_used=heavies,
+    )
+
+
+def _future_view(st: State, hypo: Hypothesis | None) -> FutureView:
     hypo = hypo or Hypothesis()
     room: dict[str, int] = {}
     for u, g in st.gpus.items():
@@ -217,9 +363,9 @@ def future_view(st: State, hypo: Hypothesis | None = None) -> FutureView:
     heavies = 0
     candidates: list[Candidate] = []
     want = wanted(st)
-    for r in instances(st):
-        if r.state not in (ModelState.LOADING, ModelState.LOADED):
-            continue
+    # (Filtered first: most of a large registry is not loaded, and this runs every pass.)
+    there = [r for r in holders(st) if r.state is _LOADING or r.state is _LOADED]
+    for r in there:
         if r.model.id in hypo.removed:
             continue
         slots += 1
@@ -265,22 +411,40 @@ def future_view(st: State, hypo: Hypothesis | None = None) -> FutureView:
 
 
 def plan(
-    st: State, rec: ModelRecord, *, allow_pinned: bool, hypo: Hypothesis | None = None
+    st: State,
+    rec: ModelRecord,
+    *,
+    allow_pinned: bool,
+    hypo: Hypothesis | None = None,
+    nd: Need | None = None,
 ) -> Plan | None:
+    """`nd`: `need(st, rec)`, when the caller has it."""
     key = (rec.model.id, allow_pinned)
     cache = st.plan_cache if hypo is None else None
     if cache is not None and key in cache:
         return cache[key]
-    # The look-ahead is for the victims actually chosen, not for "what would it wait for".
-    ahead = st.tuning.eviction_lookahead and not allow_pinned and hypo is None
-    found = plan_room(
-        need(st, rec),
-        future_view(st, hypo),
-        allow_pinned=allow_pinned,
-        exact_limit=st.tuning.exact_eviction_limit,
-        lookahead=ahead,
-        added_load_s=load_estimate_s(st, rec) if ahead else 0.0,
-    )
+    nd = nd or need(st, rec)
+    # Two answers of the search depend on the shape of the need alone, not on the costs or
+    # the ids that choose between victims: "room without evicting" (checked first, the same
+    # for any model of that shape), and "no room at all" (room only grows with each victim
+    # added, so no set fits exactly when all of them together do not).
+    shaped = st.shape_plans if cache is not None and not allow_pinned else None
+    shape = _shape_of(rec, nd)
+    if shaped is not None and shape in shaped:
+        found = shaped[shape]
+    else:
+        # The look-ahead is for the victims actually chosen, not for "what would it wait for".
+        ahead = st.tuning.eviction_lookahead and not allow_pinned and hypo is None
+        found = plan_room(
+            nd,
+            future_view(st, hypo),
+            allow_pinned=allow_pinned,
+            exact_limit=st.tuning.exact_eviction_limit,
+            lookahead=ahead,
+            added_load_s=load_estimate_s(st, rec) if ahead else 0.0,
+        )
+        if shaped is not None and (found is None or not found.victims):
+            shaped[shape] = found
     if cache is not None:
         cache[key] = found
     return found
@@ -288,9 +452,18 @@ def plan(
 
 def changed(st: State) -> None:
     """A record changed: what the pass memoised about the queue and plans is stale."""
+    st.version += 1
     st.wanted_cache = None
+    st.holding_cache = None
+    st.view_cache = None
     if st.plan_cache is not None:
         st.plan_cache.clear()
+    if st.place_cache is not None:
+        st.place_cache.clear()
+    if st.shape_plans is not None:
+        st.shape_plans.clear()
+    if st.stuck is not None:
+        st.stuck.clear()
 
 
 def grace_s(st: State, rec: ModelRecord) -> float:

@@ -9,16 +9,20 @@ only in ways that do not delay it (see `_may_bypass` and `_delays`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from gpuletd.probe.types import GpuState
 from gpuletd.scheduler.accounting import (
     Hypothesis,
     ceiling,
     changed,
     in_flux,
     need,
+    need_and_ceiling,
     place_now,
     plan,
+    stuck_key,
 )
 from gpuletd.scheduler.decisions import (
     Decision,
@@ -34,7 +38,7 @@ from gpuletd.scheduler.patience import hold_off
 from gpuletd.scheduler.placement import Need
 from gpuletd.scheduler.queue import PendingRequest
 from gpuletd.scheduler.records import ModelRecord
-from gpuletd.scheduler.state import MEMORY_PREFIX, State, instance
+from gpuletd.scheduler.state import MEMORY_PREFIX, Quiet, State, instance
 from gpuletd.scheduler.transitions import exclusive_conflict, grant, join, refuse, start_load, stop
 
 __all__ = ["settle"]
@@ -59,56 +63,227 @@ class _Head:
     soon: bool = False
 
 
-def settle(st: State, out: list[Decision]) -> None:
-    """One scheduling pass, then the queue positions that changed."""
+@dataclass
+class _Calm:
+    """What a pass learns about whether the next one may skip the requests it saw (see
+    `settle`). `safe`: every request it left waiting did so for a reason that neither the
+    clock nor a different head can undo, except (`by_head`) a model the head needs gone;
+    `until`: when the clock could undo one (a backoff ending)."""
+
+    safe: bool = True
+    until: float = math.inf
+    # A request was left waiting for a model the head needs gone (its bypasses used up).
+    by_head: bool = False
+
+
+def settle(st: State, out: list[Decision], *, quiet_ok: bool = False) -> None:
+    """One scheduling pass, then the queue positions that changed.
+
+    `quiet_ok`: the event since the last pass (a tick, an accepted request, a renew, a
+    release or a revoke) changed nothing but through transitions (`st.version`), besides
+    adding the request and moving lease times. If the last pass left every request it saw
+    waiting for a reason only a transition can undo (`_Calm`), and every transition since is
+    one that undoes none (`st.benign`), those requests would meet the same fate again: only
+    the requests that arrived since are examined, at the end of the queue in turn order, with
+    the same head. This is what keeps a long queue of requests for cold models from being
+    walked again on every arrival. `bench.decisions` is the proof that nothing changes."""
+    if quiet_ok and _settle_quietly(st, out):
+        return
+    st.quiet = None
+    marks = (st.version, st.benign)
+    calm = _Calm()
     order = st.queue.ordered(st.now)
-    st.plan_cache, st.wanted_cache = {}, None
+    _open_pass(st)
     try:
-        sweep_memory(st, out)
+        if sweep_memory(st, out):
+            calm.safe = False
         if st.retired or st.inherited is not None:
             sweep(st, out)
-        _pump(st, order, out)
+        head, blocked = _pump(st, order, out, calm)
         # What the pass refused (a memory request too large) leaves nothing behind.
         sweep_memory(st, out)
     finally:
-        st.plan_cache, st.wanted_cache = None, None
+        _close_pass(st)
     if st.inherited is not None:
         tighten(st)
     # Effective priorities depend on the clock only, so the pass did not reorder: the
     # requests still waiting keep their relative order.
-    still = [r for r in order if not r.joined and r.request_id in st.queue]
-    for i, req in enumerate(still):
-        if req.position != i + 1:
-            req.position = i + 1
-            out.append(Queued(req.request_id, req.model_id, i + 1))
+    at = _positions(st, order, 0, out)
+    _remember(st, calm, marks, head, blocked, at)
 
 
-def sweep_memory(st: State, out: list[Decision]) -> None:
+def _open_pass(st: State) -> None:
+    st.plan_cache, st.wanted_cache = {}, None
+    st.holding_cache, st.view_cache = None, None
+    st.place_cache, st.shape_plans, st.stuck = {}, {}, set()
+
+
+def _close_pass(st: State) -> None:
+    st.plan_cache, st.wanted_cache = None, None
+    st.holding_cache, st.view_cache = None, None
+    st.place_cache, st.shape_plans, st.stuck = None, None, None
+
+
+def _positions(st: State, order: list[PendingRequest], at: int, out: list[Decision]) -> int:
+    """Number the requests of `order` still waiting from `at` + 1; the last number given."""
+    pending = st.queue.pending()
+    for req in order:
+        if req.joined or req.request_id not in pending:
+            continue
+        at += 1
+        if req.position != at:
+            req.position = at
+            out.append(Queued(req.request_id, req.model_id, at))
+    return at
+
+
+def _calm_changes(st: State, marks: tuple[int, int]) -> bool:
+    """Since `marks` (version, benign), every transition was one that gives no waiting
+    request a way forward (`State.benign`): a request left waiting in a calm pass would be
+    left waiting again."""
+    return st.version - marks[0] == st.benign - marks[1]
+
+
+def _remember(
+    st: State,
+    calm: _Calm,
+    marks: tuple[int, int],
+    head: _Head | None,
+    blocked: set[str],
+    at: int,
+) -> None:
+    """Leave a `Quiet` for the next pass when this one changed nothing it could undo."""
+    if (
+        not calm.safe
+        or not _calm_changes(st, marks)
+        or st.retired
+        or st.inherited is not None
+        or st.preload_wanted
+        or not st.queue.in_turn_order()
+    ):
+        return
+    st.quiet = Quiet(
+        version=st.version,
+        benign=st.benign,
+        until=min(calm.until, _reading_flips_at(st)),
+        head=None if head is None else head.req.request_id,
+        head_need=head.need if calm.by_head and head is not None else None,
+        blocked=frozenset(blocked),
+        waiting=at,
+        arrivals=st.queue.arrivals,
+    )
+
+
+def _reading_flips_at(st: State) -> float:
+    """When a GPU reading taken before its last unload stops counting (`accounting._live_term`):
+    room there changes with the clock alone then."""
+    settle_s = st.tuning.memory_settle_s
+    t = math.inf
+    for g in st.gpus.values():
+        if g.state is GpuState.OK and g.free_mb is not None and g.read_at < g.last_release_at:
+            flip = g.last_release_at + settle_s
+            if st.now < flip:
+                t = min(t, flip)
+    return t
+
+
+def _settle_quietly(st: State, out: list[Decision]) -> bool:
+    """The pass after a quiet one (see `settle`); False when it must be a full pass."""
+    q = st.quiet
+    if (
+        q is None
+        or not _calm_changes(st, (q.version, q.benign))
+        or st.now >= q.until
+        or st.retired
+        or st.inherited is not None
+        or st.preload_wanted
+        or not st.queue.in_turn_order()
+    ):
+        return False
+    # Nothing was removed since (that is a transition), so the newcomers are the last added.
+    new = st.queue.latest(st.queue.arrivals - q.arrivals)
+    calm = _Calm()
+    marks = (st.version, st.benign)
+    head: _Head | None = None
+    blocked = set(q.blocked)
+    pending = st.queue.pending()
+    _open_pass(st)
+    try:
+        if q.head_need is not None:
+            # Requests were left waiting for what the head needs gone: only if it still needs
+            # the same would they be left waiting again.
+            first = pending[q.head] if q.head is not None else None
+            assert first is not None
+            head = _make_head(st, first, st.models[first.model_id])
+            if head.need != q.head_need:
+                return False
+        for req in new:
+            if req.joined or req.model_id in blocked or req.request_id not in pending:
+                continue
+            if head is None and q.head is not None:
+                # The same request heads this pass; what it needs is recomputed now.
+                first = pending[q.head]
+                head = _make_head(st, first, st.models[first.model_id])
+            rec = st.models[req.model_id]
+            if _serve(st, req, rec, head, blocked, out, calm) and head is None:
+                head = _make_head(st, req, rec)
+    finally:
+        _close_pass(st)
+    at = _positions(st, new, q.waiting, out)
+    st.quiet = None
+    head_id = q.head if q.head is not None else (None if head is None else head.req.request_id)
+    head_need = q.head_need
+    if calm.by_head and head is not None:
+        head_need = head.need
+    if calm.safe and _calm_changes(st, marks):
+        st.quiet = Quiet(
+            version=st.version,
+            benign=st.benign,
+            until=min(q.until, calm.until, _reading_flips_at(st)),
+            head=head_id,
+            head_need=head_need,
+            blocked=frozenset(blocked),
+            waiting=at,
+            arrivals=st.queue.arrivals,
+        )
+    return True
+
+
+def sweep_memory(st: State, out: list[Decision]) -> bool:
     """A memory lease's record lives as long as its request or lease: once neither is left,
     its reservation is stopped (a load under way too), and once it holds nothing it is
-    forgotten."""
+    forgotten. True when there is any memory lease's record."""
+    seen = False
     for mid, rec in list(st.models.items()):
-        if not rec.memory or rec.leases or mid.removeprefix(MEMORY_PREFIX) in st.queue:
+        if not rec.memory:
+            continue
+        seen = True
+        if rec.leases or mid.removeprefix(MEMORY_PREFIX) in st.queue:
             continue
         if rec.state in (ModelState.LOADED, ModelState.LOADING):
             stop(st, rec, StopReason.RELEASED, f"memory lease {mid} ended", out)
         elif not rec.holds_memory:
             changed(st)
             del st.models[mid]
+    return seen
 
 
-def _pump(st: State, order: list[PendingRequest], out: list[Decision]) -> None:
+def _pump(
+    st: State, order: list[PendingRequest], out: list[Decision], calm: _Calm
+) -> tuple[_Head | None, set[str]]:
     head: _Head | None = None
     load_blocked: set[str] = set()
+    pending = st.queue.pending()
     for req in order:
-        if req.joined or req.model_id in load_blocked or req.request_id not in st.queue:
+        if req.joined or req.model_id in load_blocked or req.request_id not in pending:
             # (load_blocked: an earlier request for this model could not start its load;
             # this one cannot either, and it is not the head since that one came first.)
             continue
         rec = st.models[req.model_id]
-        if _serve(st, req, rec, head, load_blocked, out) and head is None:
+        if _serve(st, req, rec, head, load_blocked, out, calm) and head is None:
             head = _make_head(st, req, rec)
     _pump_preloads(st, head, out)
+    return head, load_blocked
 
 
 def _serve(
@@ -118,23 +293,29 @@ def _serve(
     head: _Head | None,
     load_blocked: set[str],
     out: list[Decision],
+    calm: _Calm,
 ) -> bool:
-    """Try to move one request on. True when it still waits for its turn."""
+    """Try to move one request on. True when it still waits for its turn. `calm` learns
+    whether that wait could end with the clock or another head alone."""
     mid = rec.model.id
     if rec.state is ModelState.LOADED:
-        if exclusive_conflict(rec, req) or not _may_bypass(st, head, mid):
+        if exclusive_conflict(rec, req):
+            return True
+        if not _may_bypass(st, head, mid):
+            calm.by_head = True
             return True
         grant(st, req, rec, out)
         return False
     if rec.state is ModelState.LOADING:
         if not _may_bypass(st, head, mid):
+            calm.by_head = True
             return True
         join(st, req, rec, out)
         return False
     if mid in load_blocked:
         return True
     load_blocked.add(mid)
-    problem = ceiling(st, rec)
+    nd, problem = need_and_ceiling(st, rec)
     if problem is not None:
         if problem.structural or not in_flux(st):
             code, reason = RejectCode.RESOURCE_EXHAUSTED, RejectReason.MODEL_TOO_LARGE
@@ -145,8 +326,14 @@ def _serve(
     # A retired instance of this model (the old definition) must be gone first: it waits as
     # for an unload under way.
     if rec.state is ModelState.UNLOADING or rec.backoff_until > st.now or mid in st.retired:
+        if rec.state is not ModelState.UNLOADING and rec.backoff_until > st.now:
+            calm.until = min(calm.until, rec.backoff_until)
         return True
-    nd = need(st, rec)
+    # What follows reads the need's shape only, unless it ends in a load or an eviction: a
+    # shape stuck once in this pass stays stuck until a transition clears `stuck`.
+    key = stuck_key(rec, nd)
+    if st.stuck is not None and key in st.stuck:
+        return True
     gpus = place_now(st, rec, nd)
     if gpus is not None:
         shares = {u: nd.share_mb for u in gpus}
@@ -155,14 +342,22 @@ def _serve(
             join(st, req, rec, out)
             load_blocked.discard(mid)
             return False
+        calm.safe = False
         return True
-    found = plan(st, rec, allow_pinned=False)
+    found = plan(st, rec, allow_pinned=False, nd=nd)
+    if (found is None or not found.victims) and st.stuck is not None:
+        st.stuck.add(key)
     if found is not None and found.victims:
+        calm.safe = False
         shares = {u: nd.share_mb for u in found.gpu_uuids}
         victims = frozenset(found.victims)
-        if head is None or not _delays(st, head, nd, shares, victims):
+        if head is None or not _delays(st, head, nd, shares, victims, spend=False):
+            # A request that holds off does nothing yet: only an eviction made spends one of
+            # the head's bounded bypasses.
             if hold_off(st, req, rec, found.victims):
                 return True
+            if head is not None:
+                _delays(st, head, nd, shares, victims)
             for vid in found.victims:
                 victim = instance(st, vid)
                 assert victim is not None
@@ -180,7 +375,15 @@ def _make_head(st: State, req: PendingRequest, rec: ModelRecord) -> _Head:
         return _Head(req, frozenset(), frozenset(), exclusive_wait=False)
     # Not in backoff nor waiting for a retired instance: those waits are long, and holding
     # every later load off the GPU for them would stall it for nothing.
-    soon = not found.pinned_victims and rec.backoff_until <= st.now and mid not in st.retired
+    # Nor while it waits by choice (patience): memory is not on its way back for it, and
+    # holding the GPU's loads off would make models that fit now wait out its patience.
+    patient = req.patient_until is not None and req.patient_until > st.now
+    soon = (
+        not found.pinned_victims
+        and rec.backoff_until <= st.now
+        and mid not in st.retired
+        and not patient
+    )
     return _Head(
         req, frozenset(found.victims), found.pinned_victims, exclusive_wait=False, soon=soon
     )
@@ -203,6 +406,8 @@ def _delays(
     added: Need,
     shares: dict[str, int],
     removed: frozenset[str],
+    *,
+    spend: bool = True,
 ) -> bool:
     """Would loading `added` (after evicting `removed`) make the head wait on more leased or
     loading models than it already does, or hold the load lock of a GPU the head goes to?
@@ -210,7 +415,8 @@ def _delays(
     waits for memory on its way back (`soon`); otherwise it is a delaying bypass, like a new
     lease on a model the head needs gone (`bypass_limit`). Requests and preloads alike: a
     preload allowed where a request for the same model was not would start a load that
-    request joins in the next pass, with nothing having happened in between."""
+    request joins in the next pass, with nothing having happened in between. `spend`: count
+    an allowed bypass against the head now (False when the caller may yet hold off)."""
     if head.exclusive_wait:
         return False
     hypo = Hypothesis(added.model_id, shares, added.total_mb, removed, added.heavy)
@@ -222,7 +428,8 @@ def _delays(
     if head.soon:
         return True
     if head.req.bypassed < st.tuning.bypass_limit:
-        head.req.bypassed += 1
+        if spend:
+            head.req.bypassed += 1
         return False
     return True
 

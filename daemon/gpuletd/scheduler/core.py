@@ -46,7 +46,8 @@ from gpuletd.scheduler.accounting import held_on
 from gpuletd.scheduler.decisions import Decision
 from gpuletd.scheduler.reconfigure import on_reconfigure
 from gpuletd.scheduler.snapshot import restore_state, snapshot_state
-from gpuletd.scheduler.state import Inherited, State, Tuning, instance, new_state
+from gpuletd.scheduler.snapshot_delta import SnapshotDelta, SnapshotWriter
+from gpuletd.scheduler.state import Inherited, State, Tuning, drop_caches, instance, new_state
 from gpuletd.scheduler.timers import next_wakeup
 from gpuletd.scheduler.views import (
     GpuView,
@@ -93,6 +94,10 @@ class Scheduler:
         snapshot.py for the format). `json.dumps(..., allow_nan=False)` accepts it."""
         return snapshot_state(self._st)
 
+    def snapshot_delta(self, writer: SnapshotWriter) -> SnapshotDelta:
+        """What changed since `writer` last wrote the snapshot (see snapshot_delta.py)."""
+        return writer.delta(self._st)
+
     @classmethod
     def restore(
         cls,
@@ -124,6 +129,8 @@ class Scheduler:
             preload=preload,
             tuning=tuning,
         )
+        # What restore may have memoised while it rebuilt the records is recomputed from them.
+        drop_caches(core._st)
         return core
 
     def learn(
@@ -134,6 +141,8 @@ class Scheduler:
         nothing. Ignored for an unknown model or one that holds memory (its own measurement
         is newer)."""
         rec = self._st.models.get(model_id)
+        # What the last pass concluded may rest on what is learnt here.
+        self._st.quiet = None
         if rec is None or rec.holds_memory:
             return
         if measured_mb is not None and measured_mb > 0:

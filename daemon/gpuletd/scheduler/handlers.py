@@ -32,6 +32,7 @@ from gpuletd.scheduler.state import (
     instance,
     memory_model_id,
     memory_record,
+    watch_lease,
 )
 from gpuletd.scheduler.timers import advance
 from gpuletd.scheduler.transitions import (
@@ -100,7 +101,7 @@ def on_start(st: State, now: float) -> list[Decision]:
 def on_tick(st: State, now: float) -> list[Decision]:
     advance_clock(st, now)
     out = advance(st)
-    settle(st, out)
+    settle(st, out, quiet_ok=True)
     return out
 
 
@@ -211,7 +212,7 @@ def on_request(
             claim_within_s=claim_within_s,
         )
     )
-    settle(st, out)
+    settle(st, out, quiet_ok=True)
     return out
 
 
@@ -247,8 +248,9 @@ def on_renew(st: State, lease_id: str, *, now: float, ttl_s: float | None) -> li
             lease.ttl_s = ttl_s
         lease.claim_by = None
         lease.expires_at = now + lease.ttl_s
+        watch_lease(st, lease)
         out.append(Renewed(lease_id, lease.model_id, lease.expires_at, ttl_s=lease.ttl_s))
-    settle(st, out)
+    settle(st, out, quiet_ok=True)
     return out
 
 
@@ -260,7 +262,7 @@ def on_release(st: State, lease_id: str, *, now: float) -> list[Decision]:
         out.append(unknown_lease(st, lease_id))
     else:
         end_lease(st, lease, LeaseEndReason.RELEASED, "released by its holder", out)
-    settle(st, out)
+    settle(st, out, quiet_ok=True)
     return out
 
 
@@ -272,7 +274,7 @@ def on_revoke(st: State, lease_id: str, message: str, *, now: float) -> list[Dec
         out.append(unknown_lease(st, lease_id))
     else:
         end_lease(st, lease, LeaseEndReason.REVOKED, message, out)
-    settle(st, out)
+    settle(st, out, quiet_ok=True)
     return out
 
 
@@ -388,7 +390,7 @@ def on_load_succeeded(
         if req is None:
             continue
         if exclusive_conflict(rec, req):
-            req.joined = False
+            st.queue.set_joined(req, False)
         else:
             grant(st, req, rec, out)
     if not rec.leases:

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from gpuletd.scheduler.accounting import gpu_infos
 from gpuletd.scheduler.decisions import ModelState
+from gpuletd.scheduler.placement import ceiling_problem, resolve_need
+from gpuletd.scheduler.state import instances
 
 if TYPE_CHECKING:
     from gpuletd.scheduler.core import Scheduler
@@ -167,4 +170,55 @@ def check_invariants(scheduler: Scheduler) -> list[str]:
             bad.append(f"request {q.request_id} for unknown model {q.model_id}")
     if len(waiting_on_load) != sum(len(m.waiters) for m in models.values()):
         bad.append("a request waits on two loads")
+    bad += _derived_problems(s)
+    return bad
+
+
+def _derived_problems(s: Scheduler) -> list[str]:
+    """What the core keeps alongside its records to stay fast at scale must equal what the
+    records say: the State stays the single source of truth."""
+    st = s._st
+    bad = st.queue.derived_problems()
+    if (
+        st.plan_cache is not None
+        or st.wanted_cache is not None
+        or st.holding_cache is not None
+        or st.view_cache is not None
+        or st.place_cache is not None
+        or st.shape_plans is not None
+        or st.stuck is not None
+    ):
+        bad.append("a scheduling pass's memo outlived its pass")
+    if st.quiet is not None and st.quiet.version != st.version:
+        bad.append(f"a quiet pass's record (version {st.quiet.version}) outlived a change")
+    if st.holders_cache is not None:
+        now_holding = [r for r in instances(st) if r.holds_memory]
+        if [id(r) for r in st.holders_cache] != [id(r) for r in now_holding]:
+            bad.append("the instances holding memory are remembered wrong")
+    timers = set(st.lease_timers)
+    for le in st.leases.values():
+        for t in (le.expires_at, le.claim_by):
+            if t is not None and (t, le.lease_id) not in timers:
+                bad.append(f"lease {le.lease_id}: its time {t} is not watched")
+    infos = gpu_infos(st)
+    for rec in instances(st):
+        mid = rec.model.id
+        exclusive = sum(le.exclusive for le in rec.leases.values())
+        if rec.exclusive_leases != exclusive:
+            bad.append(f"{mid}: {rec.exclusive_leases} exclusive leases counted, {exclusive} held")
+        m = rec.need_memo
+        if m is None or m[0] is not rec.model or m[2] is not st.profile or m[3] is not infos:
+            continue
+        if m[1] != rec.reservation_mb or m[4] != rec.memory:
+            continue
+        nd = resolve_need(rec.model, rec.reservation_mb, st.profile, infos, one_gpu=rec.memory)
+        if m[5] != nd or m[6] != ceiling_problem(nd, st.profile, infos):
+            bad.append(f"{mid}: remembered need {m[5]} != {nd}")
+    if st.gpu_info_cache is not None:
+        fresh = st.gpu_info_cache
+        st.gpu_info_cache = None
+        if gpu_infos(st) != fresh:
+            bad.append(f"GPU infos remembered {fresh} != {st.gpu_info_cache}")
+        # The remembered list stays: the memos above are keyed on its identity.
+        st.gpu_info_cache = fresh
     return bad

@@ -7,7 +7,7 @@ request time; evicting now costs reload time. Like renting skis before buying th
 waits at most about what the eviction would cost, then evicts:
 
     saving = reload seconds expected of the victims now - of the cheaper victims on their way
-    patience = min(saving, patience_max_s, deadline - now - its own load time)
+    patience = min(saving, patience_max_s, (deadline - now - its own load time) / 2)
 
 where a victim's expected reload seconds are its load time x min(1, horizon x its expected
 requests per second): the chance, roughly, that it is wanted again within `patience_horizon_s`.
@@ -93,8 +93,10 @@ def hold_off(st: State, req: PendingRequest, rec: ModelRecord, victims: tuple[st
         return False
     until = st.now + min(saving, limit)
     if req.deadline is not None:
-        # Leave it the time to load once the wait is over.
-        until = min(until, req.deadline - load_estimate_s(st, rec))
+        # Spend at most half of the slack its deadline leaves beyond its own load: after the
+        # wait the victims must still unload and the load may take longer than estimated.
+        slack = req.deadline - st.now - load_estimate_s(st, rec)
+        until = min(until, st.now + slack / 2)
     if until <= st.now:
         return False
     req.patient_from, req.patient_until = st.now, until

@@ -67,6 +67,9 @@ def on_reconfigure(
     st.profile = profile
     st.gpu_info_cache = None
     _apply_registry(st, models, out)
+    # The instances are new or in a new order: nothing derived from the old ones holds.
+    changed(st)
+    st.holders_cache = None
     _replace_preloads(st, preload, out)
     # Shorter timers (a grace period, a load timeout) may have made something due already:
     # done now, so that no event finds the new configuration's timers overdue.
@@ -96,7 +99,7 @@ def _requeue_waiters(st: State, rec: ModelRecord) -> None:
     for rid in rec.waiters:
         req = st.queue.get(rid)
         if req is not None:
-            req.joined = False
+            st.queue.set_joined(req, False)
             req.position = None
     rec.waiters = []
 

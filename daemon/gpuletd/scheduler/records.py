@@ -62,6 +62,13 @@ class ModelRecord:
     # Counted against the profile's `max_heavy_models` while it holds memory: decided when
     # its load started (`placement.is_heavy`), so a later measurement does not move it.
     heavy: bool = False
+    # `accounting.need_of`'s memo: (model, reservation, profile, GPU infos, need, ceiling
+    # problem), valid while those four are the very same objects/values. Derived, never saved.
+    need_memo: tuple[object, ...] | None = field(default=None, compare=False, repr=False)
+    # How many of `leases` are exclusive (kept by `transitions.grant` / `end_lease`; recounted
+    # by `state.drop_caches`): a popular model holds hundreds of leases, and every request
+    # for it asks.
+    exclusive_leases: int = field(default=0, compare=False, repr=False)
 
     @property
     def reservation_mb(self) -> int:

@@ -15,6 +15,10 @@ its record and its reuse history (`usage`). Not saved: the pending requests (the
 live RPC streams, which die with the daemon; so the waiters of a load are not saved either),
 the clock (`now`: restore is given the new one), and the per-pass caches.
 
+The daemon stores it by parts (`snapshot_delta.py`: the head, one row per model record and per
+lease, the ended leases), writing only what changed at each decision; the store assembles this
+same dict again, so a restore cannot tell how it was written.
+
 Restoring applies `shift` to every absolute time, so monotonic times from before a restart
 land on the new monotonic clock; durations (ttl, load time, gaps) are not shifted. How the
 saved models meet the registry the daemon now runs with: a model whose running instance the
@@ -54,7 +58,15 @@ from gpuletd.scheduler.drain import inherit, instance_changes, redefined_reason,
 from gpuletd.scheduler.records import LeaseRecord, ModelRecord, PendingFree
 from gpuletd.scheduler.state import State, Tuning, advance_clock, model_record, new_state
 
-__all__ = ["VERSION", "SnapshotError", "restore_state", "snapshot_state"]
+__all__ = [
+    "VERSION",
+    "SnapshotError",
+    "lease_json",
+    "record_body",
+    "restore_state",
+    "snapshot_head",
+    "snapshot_state",
+]
 
 VERSION = 1
 
@@ -62,10 +74,10 @@ VERSION = 1
 # -- writing -------------------------------------------------------------------------------------
 
 
-def _record(r: ModelRecord) -> Json:
+def record_body(r: ModelRecord) -> Json:
+    """A model record without its definition, which `snapshot_delta` writes from a cache."""
     last_at, mean_gap, mean_dev = r.usage.state()
     return {
-        "definition": model_to_dict(r.model),
         "retired": r.retired,
         "memory": r.memory,
         "heavy": r.heavy,
@@ -94,7 +106,7 @@ def _record(r: ModelRecord) -> Json:
     }
 
 
-def _lease(le: LeaseRecord) -> Json:
+def lease_json(le: LeaseRecord) -> Json:
     return {
         "lease_id": le.lease_id,
         "model_id": le.model_id,
@@ -110,12 +122,11 @@ def _lease(le: LeaseRecord) -> Json:
     }
 
 
-def snapshot_state(st: State) -> dict[str, Any]:
+def snapshot_head(st: State) -> Json:
+    """Everything but the models, the leases and the ended leases: small, rewritten whole."""
     return {
         "version": VERSION,
         "seq": st.seq,
-        "models": [_record(r) for r in [*st.models.values(), *st.retired.values()]],
-        "leases": [_lease(le) for le in st.leases.values()],
         "gpus": [
             {
                 "uuid": g.uuid,
@@ -125,9 +136,19 @@ def snapshot_state(st: State) -> dict[str, Any]:
             }
             for g in st.gpus.values()
         ],
-        "ended": [[lid, why] for lid, why in st.ended.items()],
         "preload_wanted": list(st.preload_wanted),
     }
+
+
+def snapshot_state(st: State) -> dict[str, Any]:
+    snap = snapshot_head(st)
+    snap["models"] = [
+        {"definition": model_to_dict(r.model), **record_body(r)}
+        for r in [*st.models.values(), *st.retired.values()]
+    ]
+    snap["leases"] = [lease_json(le) for le in st.leases.values()]
+    snap["ended"] = [[lid, why] for lid, why in st.ended.items()]
+    return snap
 
 
 # -- reading -------------------------------------------------------------------------------------

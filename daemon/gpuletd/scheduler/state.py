@@ -12,6 +12,7 @@ these fields out) and to reason about: nothing is hidden in a base class.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,24 +21,31 @@ from dataclasses import dataclass, field
 from gpuletd.probe.types import GpuSnapshot, GpuState
 from gpuletd.profiles import Profile
 from gpuletd.registry import Backend, Model
-from gpuletd.scheduler.eviction import Plan, ReuseEstimator
+from gpuletd.scheduler.decisions import ModelState
+from gpuletd.scheduler.eviction import FutureView, Plan, ReuseEstimator
 from gpuletd.scheduler.placement import GpuInfo
 from gpuletd.scheduler.queue import RequestQueue
 from gpuletd.scheduler.records import GpuRecord, LeaseRecord, ModelRecord
 
 __all__ = [
     "MEMORY_PREFIX",
+    "Holding",
     "Inherited",
+    "Quiet",
     "State",
     "Tuning",
     "advance_clock",
+    "drop_caches",
     "gpu_record",
+    "holders",
     "instance",
     "instances",
     "memory_model_id",
     "memory_record",
     "model_record",
     "new_state",
+    "watch_lease",
+    "watch_leases",
 ]
 
 
@@ -129,6 +137,111 @@ class State:
     gpu_info_cache: list[GpuInfo] | None = None
     plan_cache: dict[tuple[str, bool], Plan | None] | None = None
     wanted_cache: set[str] | None = None
+    # Also memoised within one pass only, and cleared by every transition: what holds memory
+    # (`accounting.holding`) and the future view without a hypothesis. Outside a pass they are
+    # recomputed on each question, since the event handlers change records between passes.
+    holding_cache: Holding | None = None
+    view_cache: FutureView | None = None
+    # Within a pass, answers that depend only on the shape of a need (`accounting._shape`),
+    # not on which model it is: where it would start now, and the victim search's answer when
+    # it is "no room at all" or "room without evicting". Cleared with the memos above.
+    place_cache: dict[tuple[object, ...], tuple[str, ...] | None] | None = None
+    shape_plans: dict[tuple[object, ...], Plan | None] | None = None
+    # Shapes (with "footprint measured") whose request this pass found no way to move on:
+    # no load now and no eviction to make one (`admission._serve`).
+    stuck: set[tuple[object, ...]] | None = None
+    # (time, lease id) for every lease's expiry and claim deadline, earliest first, so that an
+    # event need not look at every lease; an entry whose lease ended or moved is dropped when
+    # it comes up (`timers.advance`). See `watch_lease`.
+    lease_timers: list[tuple[float, str]] = field(default_factory=list)
+    # Bumped by every transition (`accounting.changed`): a pass that sees it unchanged from
+    # its start changed no record.
+    version: int = 0
+    # Of those, the ones that give no waiting request a way forward: grants and joins of a
+    # load under way (no memory taken or freed; they pin a model, which only takes victims
+    # away), and the end of a non-exclusive lease on a model that stays leased
+    # (`transitions.grant` / `join` / `end_lease`).
+    benign: int = 0
+    # The instances holding memory, in `instances` order (`holders`). A model starts holding
+    # memory only in `transitions.start_load` and stops only in `release_memory`, which drop
+    # it, as do a reconfigure and a restore (which make or reorder instances).
+    holders_cache: list[ModelRecord] | None = None
+    # What a quiet pass left for the next (`admission.settle`), or None.
+    quiet: Quiet | None = None
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """A scheduling pass that left every request it saw waiting for a reason that only the
+    clock (at `until`) or a transition other than a benign one (`version`, `benign`) can
+    undo: until then, the next pass need look only at the requests that arrived since
+    (`arrivals`). See `admission.settle`."""
+
+    version: int
+    benign: int
+    until: float
+    # The head's request id (None: no request was left waiting for its turn).
+    head: str | None
+    # What the head needed gone, when a request was left waiting because of it (its model
+    # is among these and the head's bypasses are used up): the next pass may skip such
+    # requests only if the head, recomputed, needs the same. None: none was.
+    head_need: frozenset[str] | None
+    # Models whose earliest waiting request could not start its load (`_pump`'s set).
+    blocked: frozenset[str]
+    # Requests with a turn, i.e. the last queue position handed out.
+    waiting: int
+    # `RequestQueue.arrivals` when it ended.
+    arrivals: int
+
+
+@dataclass
+class Holding:
+    """What the instances holding memory (loading, loaded or unloading) add up to: one walk
+    over the models answers every memory question of a pass instead of one walk each."""
+
+    # MiB reserved per GPU uuid.
+    held: dict[str, int]
+    count: int
+    reserved_mb: int
+    heavy: int
+    # Instances loading, in `instances` order.
+    loading: list[ModelRecord]
+    # A load or an unload under way.
+    moving: bool
+    # `accounting.place_now`'s available MiB per usable GPU, once asked.
+    room: dict[str, int] | None = None
+
+
+def watch_lease(st: State, lease: LeaseRecord) -> None:
+    """Note a lease's (new) expiry and claim deadline in `lease_timers`."""
+    heapq.heappush(st.lease_timers, (lease.expires_at, lease.lease_id))
+    if lease.claim_by is not None:
+        heapq.heappush(st.lease_timers, (lease.claim_by, lease.lease_id))
+    if len(st.lease_timers) > 64 + 4 * len(st.leases):
+        # Mostly entries of leases released or renewed since: start again from the live ones.
+        watch_leases(st)
+
+
+def watch_leases(st: State) -> None:
+    """`lease_timers` afresh from the leases."""
+    timers = [(le.expires_at, le.lease_id) for le in st.leases.values()]
+    timers += [(le.claim_by, le.lease_id) for le in st.leases.values() if le.claim_by is not None]
+    heapq.heapify(timers)
+    st.lease_timers = timers
+
+
+def drop_caches(st: State) -> None:
+    """Forget everything derived from the records (after a restore hands a State over)."""
+    st.gpu_info_cache = None
+    st.plan_cache = st.wanted_cache = None
+    st.holding_cache = st.view_cache = None
+    st.place_cache = st.shape_plans = st.stuck = None
+    st.quiet = None
+    st.holders_cache = None
+    watch_leases(st)
+    for rec in instances(st):
+        rec.need_memo = None
+        rec.exclusive_leases = sum(le.exclusive for le in rec.leases.values())
 
 
 def model_record(model: Model, tuning: Tuning) -> ModelRecord:
@@ -137,6 +250,8 @@ def model_record(model: Model, tuning: Tuning) -> ModelRecord:
         usage=ReuseEstimator(alpha=tuning.reuse_alpha, unknown_s=tuning.reuse_unknown_s),
     )
 
+
+_HOLDS = frozenset({ModelState.LOADING, ModelState.LOADED, ModelState.UNLOADING})
 
 MEMORY_PREFIX = "vram:"
 
@@ -220,6 +335,15 @@ def instances(st: State) -> Iterable[ModelRecord]:
     if not st.retired:
         return st.models.values()
     return [*st.models.values(), *st.retired.values()]
+
+
+def holders(st: State) -> list[ModelRecord]:
+    """The instances loading, loaded or unloading, in `instances` order (do not modify)."""
+    found = st.holders_cache
+    if found is None:
+        found = [r for r in instances(st) if r.state in _HOLDS]
+        st.holders_cache = found
+    return found
 
 
 def instance(st: State, model_id: str) -> ModelRecord | None:

@@ -5,10 +5,13 @@ of its due time."""
 
 from __future__ import annotations
 
+import heapq
+
 from gpuletd.probe.types import GpuState
 from gpuletd.profiles import IdleUnload
 from gpuletd.scheduler.accounting import (
     autostart_s,
+    changed,
     grace_due,
     grace_s,
     idle_until,
@@ -25,7 +28,8 @@ from gpuletd.scheduler.decisions import (
     StopReason,
 )
 from gpuletd.scheduler.eviction import reload_cost
-from gpuletd.scheduler.state import State, instances
+from gpuletd.scheduler.records import LeaseRecord
+from gpuletd.scheduler.state import State, holders, instances
 from gpuletd.scheduler.transitions import end_lease, fail_waiters, note_failure, refuse, stop
 
 __all__ = ["advance", "foreign_pressure", "next_wakeup"]
@@ -35,7 +39,18 @@ def advance(st: State) -> list[Decision]:
     """Do what is due at `st.now`, before the event that brought the clock there."""
     now = st.now
     out: list[Decision] = []
-    for lease in sorted(st.leases.values(), key=lambda le: (le.expires_at, le.lease_id)):
+    # Only the due ones, found through `lease_timers`, are sorted (ending one changes no
+    # other's times): thousands of leases may be held, and this runs on every event.
+    ending: dict[str, LeaseRecord] = {}
+    timers = st.lease_timers
+    while timers and timers[0][0] <= now:
+        _, lid = heapq.heappop(timers)
+        le = st.leases.get(lid)
+        if le is not None and (
+            le.expires_at <= now or (le.claim_by is not None and le.claim_by <= now)
+        ):
+            ending[lid] = le
+    for lease in sorted(ending.values(), key=lambda le: (le.expires_at, le.lease_id)):
         if lease.claim_by is not None and lease.claim_by <= now and lease.expires_at > now:
             message = (
                 f"not claimed within {lease.claim_by - lease.granted_at:g} s of its grant: "
@@ -46,7 +61,7 @@ def advance(st: State) -> list[Decision]:
             # The core's clock is monotonic: a timestamp would mean nothing to a person.
             message = f"not renewed within its TTL of {lease.ttl_s:g} s"
             end_lease(st, lease, LeaseEndReason.EXPIRED, message, out)
-    for req in st.queue:
+    for req in st.queue.with_deadline():
         if req.deadline is not None and req.deadline <= now:
             where = "waiting on its load" if req.joined else f"at position {req.position}"
             message = (
@@ -54,7 +69,8 @@ def advance(st: State) -> list[Decision]:
                 f"model {req.model_id}"
             )
             refuse(st, req, RejectCode.DEADLINE_EXCEEDED, RejectReason.DEADLINE, message, out)
-    for rec in instances(st):
+    # (Filtered first: these walk every model on every event.)
+    for rec in [r for r in holders(st) if r.state is ModelState.LOADING]:
         due = load_due(st, rec)
         if due is not None and now >= due:
             message = (
@@ -66,8 +82,12 @@ def advance(st: State) -> list[Decision]:
             stop(st, rec, StopReason.LOAD_TIMEOUT, message, out)
     settle = st.tuning.memory_settle_s
     for g in st.gpus.values():
-        g.pending = [p for p in g.pending if p.at + settle > now]
-    for rec in instances(st):
+        kept = [p for p in g.pending if p.at + settle > now]
+        if len(kept) != len(g.pending):
+            # Freed memory now counts as back: what the last pass concluded may no longer hold.
+            changed(st)
+        g.pending = kept
+    for rec in [r for r in holders(st) if r.state is ModelState.LOADED]:
         due = grace_due(st, rec)
         if due is not None and now >= due:
             message = f"idle for {grace_s(st, rec):g} s (grace period)"

@@ -27,7 +27,7 @@ from gpuletd.scheduler.decisions import (
 from gpuletd.scheduler.placement import Need
 from gpuletd.scheduler.queue import PendingRequest
 from gpuletd.scheduler.records import LeaseRecord, ModelRecord, PendingFree
-from gpuletd.scheduler.state import State, instance, instances
+from gpuletd.scheduler.state import State, instance, instances, watch_lease
 
 __all__ = [
     "apply_measurement",
@@ -49,13 +49,14 @@ __all__ = [
 def exclusive_conflict(rec: ModelRecord, req: PendingRequest) -> bool:
     if req.exclusive and rec.leases:
         return True
-    return any(le.exclusive for le in rec.leases.values())
+    return rec.exclusive_leases > 0
 
 
 def start_load(
     st: State, rec: ModelRecord, need: Need, gpus: tuple[str, ...], out: list[Decision]
 ) -> None:
     changed(st)
+    st.holders_cache = None
     rec.state = ModelState.LOADING
     rec.gpu_uuids = gpus
     rec.shares = {u: need.share_mb for u in gpus}
@@ -71,7 +72,8 @@ def start_load(
 
 def join(st: State, req: PendingRequest, rec: ModelRecord, out: list[Decision]) -> None:
     changed(st)
-    req.joined = True
+    st.benign += 1
+    st.queue.set_joined(req, True)
     req.position = None
     rec.waiters.append(req.request_id)
     out.append(Loading(req.request_id, rec.model.id, rec.gpu_uuids))
@@ -79,6 +81,7 @@ def join(st: State, req: PendingRequest, rec: ModelRecord, out: list[Decision]) 
 
 def grant(st: State, req: PendingRequest, rec: ModelRecord, out: list[Decision]) -> None:
     changed(st)
+    st.benign += 1
     st.queue.remove(req.request_id)
     lease = LeaseRecord(
         lease_id=req.request_id,
@@ -94,7 +97,9 @@ def grant(st: State, req: PendingRequest, rec: ModelRecord, out: list[Decision])
         claim_by=None if req.claim_within_s is None else st.now + req.claim_within_s,
     )
     st.leases[lease.lease_id] = lease
+    watch_lease(st, lease)
     rec.leases[lease.lease_id] = lease
+    rec.exclusive_leases += lease.exclusive
     rec.idle_since = None
     out.append(
         Granted(
@@ -146,7 +151,12 @@ def end_lease(
     del st.leases[lease.lease_id]
     rec = instance(st, lease.model_id)
     assert rec is not None, f"lease {lease.lease_id} on {lease.model_id}, which has no record"
-    rec.leases.pop(lease.lease_id, None)
+    held = rec.leases.pop(lease.lease_id, None)
+    if held is not None:
+        rec.exclusive_leases -= held.exclusive
+    if rec.leases and not lease.exclusive:
+        # Still pinned by the others, and no exclusivity gone: nothing waiting can move on.
+        st.benign += 1
     st.ended[lease.lease_id] = f"{reason.value}: {message}"
     while len(st.ended) > st.tuning.ended_lease_memory:
         st.ended.popitem(last=False)
@@ -201,6 +211,8 @@ def note_failure(st: State, rec: ModelRecord, message: str) -> None:
 
 def release_memory(st: State, rec: ModelRecord) -> None:
     changed(st)
+    # (Its caller moves it out of the holding states next.)
+    st.holders_cache = None
     for uuid, mb in rec.shares.items():
         g = st.gpus.get(uuid)
         if g is not None and mb > 0:
