@@ -25,7 +25,7 @@ from gpuletd.probe.types import GpuSnapshot, GpuState
 from gpuletd.profiles import Bias, Profile
 from gpuletd.registry import Model, Registry
 from gpuletd.scheduler import Scheduler
-from gpuletd.scheduler.placement import GpuInfo, Need, ceiling_problem, resolve_need
+from gpuletd.scheduler.placement import GpuInfo, ceiling_problem, resolve_need
 
 __all__ = [
     "BF16_MIN_CAPABILITY",
@@ -157,33 +157,15 @@ class Explanation:
     limit: Limit = Limit.NONE
 
 
-def _limit(need: Need, profile: Profile) -> Limit:
-    # The same order as ceiling_problem's checks, which wrote the message.
-    if need.total_mb > profile.max_vram_mb:
-        return Limit.PROFILE_BUDGET
-    if need.unknown_pins and not need.allowed:
-        return Limit.PINNING
-    if len(need.allowed) < need.n_gpus:
-        return Limit.GPU_COUNT
-    return Limit.GPU_MEMORY
-
-
 def _misfit(m: Model, profile: Profile, hw: Hardware) -> Misfit | None:
     infos = hw.infos(profile)
     reservation = hw.reservation_mb(m)
     need = resolve_need(m, reservation, profile, infos)
-    if need.total_mb > profile.max_vram_mb:
-        # Worded as the seed's rule; the core's ceiling message says the same with less.
-        return Misfit(
-            m.id,
-            Limit.PROFILE_BUDGET,
-            f"{m.id} needs {need.total_mb} MiB but profile {profile.name} allows "
-            f"max_vram_mb={profile.max_vram_mb}",
-        )
+    # The core's own check and words: what explain says is what an Acquire would be told.
     problem = ceiling_problem(need, profile, infos)
     if problem is None:
         return None
-    return Misfit(m.id, _limit(need, profile), problem.message)
+    return Misfit(m.id, Limit(problem.kind.value), problem.message)
 
 
 def _bf16_rank(m: Model, bf16_native: bool | None) -> int:

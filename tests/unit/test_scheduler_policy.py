@@ -3,12 +3,12 @@ under pressure, and the head of the queue against the per-GPU load lock."""
 
 from __future__ import annotations
 
-import pytest
-
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
+
+import pytest
 
 from gpuletd.config import load_config
 from gpuletd.profiles import BUILTIN_PROFILES, IdleUnload, Profile

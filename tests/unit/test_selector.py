@@ -9,6 +9,7 @@ from gpuletd.config import load_config
 from gpuletd.probe.types import GpuSnapshot, GpuState, MigMode
 from gpuletd.profiles import BUILTIN_PROFILES, Bias
 from gpuletd.registry import Backend, Model, Registry
+from gpuletd.scheduler.placement import CeilingKind, ceiling_problem, resolve_need
 from gpuletd.selector import (
     ExplainStatus,
     Hardware,
@@ -88,7 +89,7 @@ def test_loaded_model_wins_a_priority_tie_only() -> None:
             "caption",
             "qwen3-vl",
             ExplainStatus.REJECTED,
-            "needs 10600 MiB but profile development allows max_vram_mb=10000",
+            "needs 10600 MiB but profile development allows at most 10000 MiB",
         ),
         (
             "development",
@@ -191,3 +192,30 @@ def test_bf16_wins_ties_on_ampere_and_loses_them_before() -> None:
     # tie-break never outranks role priority.
     reg2 = _reg(("f", "fp16", 8000, 60), ("b", "bf16", 8000, 50))
     assert ids(select(reg2, p, "r", 2, hardware=ada)) == ["f", "b"]
+
+
+@pytest.mark.parametrize(
+    ("vram_mb", "pins", "profile", "limit", "words"),
+    [
+        (12000, (), "development", Limit.PROFILE_BUDGET, "allows at most 10000 MiB in total"),
+        (9000, (), "development", Limit.GPU_MEMORY, "the largest GPU of this machine"),
+        (20000, (), "multi_gpu_2x16gb", Limit.GPU_COUNT, "needs 2 usable GPU(s)"),
+        (3000, ("GPU-9",), "development", Limit.PINNING, "pinned to GPU(s) GPU-9"),
+    ],
+)
+def test_explain_names_the_limit_and_words_of_the_cores_check(
+    vram_mb: int, pins: tuple[str, ...], profile: str, limit: Limit, words: str
+) -> None:
+    # One check decides: the scheduler's ceiling (its kind and message) is what explain says,
+    # so `gpulet explain` and a refused Acquire give the same reason. One GPU, 8 or 16 GB.
+    base = _reg(("m", "fp8", vram_mb, 90)).models["m"]
+    reg = Registry(MappingProxyType({"m": dataclasses.replace(base, gpus=pins)}))
+    hw = Hardware.of([_gpu(0, 8192 if profile == "development" else 16384)])
+    e = explain(reg, P[profile], "r", "m", hardware=hw)
+    assert (e.status, e.limit) == (ExplainStatus.REJECTED, limit)
+    assert e.reason.startswith("model m ") and words in e.reason
+    infos = hw.infos(P[profile])
+    problem = ceiling_problem(
+        resolve_need(reg.models["m"], vram_mb, P[profile], infos), P[profile], infos
+    )
+    assert problem is not None and problem.kind is CeilingKind(limit.value)

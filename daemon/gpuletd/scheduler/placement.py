@@ -13,6 +13,7 @@ packed together.
 
 from __future__ import annotations
 
+import enum
 import itertools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from gpuletd.profiles import Profile, Strategy
 from gpuletd.registry import Model, WeightClass
 
 __all__ = [
+    "CeilingKind",
     "CeilingProblem",
     "GpuInfo",
     "Need",
@@ -72,12 +74,25 @@ class Need:
         return self.share_mb * self.n_gpus if self.n_gpus else self.reservation_mb
 
 
+class CeilingKind(enum.Enum):
+    # The reservation is over the profile's max_vram_mb.
+    PROFILE_BUDGET = "profile_budget"
+    # No GPU (or set of GPUs) has that much usable memory.
+    GPU_MEMORY = "gpu_memory"
+    # It needs more usable GPUs than the machine (or its pinning) has.
+    GPU_COUNT = "gpu_count"
+    # It is pinned to GPUs the machine does not have.
+    PINNING = "pinning"
+
+
 @dataclass(frozen=True)
 class CeilingProblem:
     message: str
     # True when no change on the machine can make it fit (budget, GPU sizes, pinning); False
     # when it is memory held by other processes, which may go away.
     structural: bool
+    # Which limit it is over: what `gpulet explain` names (selector.Limit).
+    kind: CeilingKind = CeilingKind.GPU_MEMORY
 
 
 def _pinned(model: Model, gpus: Sequence[GpuInfo]) -> tuple[list[GpuInfo], tuple[str, ...]]:
@@ -155,6 +170,7 @@ def ceiling_problem(need: Need, profile: Profile, gpus: Sequence[GpuInfo]) -> Ce
             f"model {mid} needs {need.total_mb} MiB{split} but profile {profile.name} allows at "
             f"most {profile.max_vram_mb} MiB in total",
             structural=True,
+            kind=CeilingKind.PROFILE_BUDGET,
         )
     if need.n_gpus == 0:
         return None
@@ -165,6 +181,7 @@ def ceiling_problem(need: Need, profile: Profile, gpus: Sequence[GpuInfo]) -> Ce
             f"model {mid} is pinned to GPU(s) {', '.join(need.unknown_pins)}, which this "
             f"machine does not have (GPUs: {present})",
             structural=True,
+            kind=CeilingKind.PINNING,
         )
     candidates = [by_uuid[u] for u in need.allowed]
     where = "its pinned GPUs" if any(g.uuid not in need.allowed for g in gpus) else "this machine"
@@ -175,6 +192,7 @@ def ceiling_problem(need: Need, profile: Profile, gpus: Sequence[GpuInfo]) -> Ce
             f"model {mid} needs {need.n_gpus} usable GPU(s) but {where} has "
             f"{len(candidates)}{extra}",
             structural=True,
+            kind=CeilingKind.GPU_COUNT,
         )
     for foreign in (False, True):
         room = sorted(
@@ -196,7 +214,7 @@ def ceiling_problem(need: Need, profile: Profile, gpus: Sequence[GpuInfo]) -> Ce
                 f"({need.share_mb} MiB each) but only {len(fitting)} GPU(s) of {where} have "
                 f"that much usable (largest: {_describe(best, foreign=foreign)})"
             )
-        return CeilingProblem(message, structural=not foreign)
+        return CeilingProblem(message, structural=not foreign, kind=CeilingKind.GPU_MEMORY)
     return None
 
 
