@@ -23,6 +23,7 @@ from gpuletd.probe.simulated import SimulatedProbe, parse_simulated_gpus
 from gpuletd.runtime import Runtime
 from gpuletd.services.decoding import DecodeGuard
 from gpuletd.services.lease_service import LeaseService
+from gpuletd.services.wrapping import composed
 from tests.helpers import short_tmpdir
 
 LEASES = "gpulet.v1.LeaseService"
@@ -47,7 +48,7 @@ async def served() -> AsyncIterator[Served]:
     tmp = short_tmpdir()
     daemon = Daemon(runtime, state_dir=None, log_dir=tmp / "logs")
     # What build_server does, with the metrics interceptor first (the line server.py gets).
-    server = grpc.aio.server(interceptors=[daemon.metrics.interceptor, DecodeGuard()])
+    server = grpc.aio.server(interceptors=[composed(daemon.metrics.interceptor, DecodeGuard())])
     leases_pb2_grpc.add_LeaseServiceServicer_to_server(
         LeaseService(daemon.leases, daemon.watch), server
     )
@@ -104,6 +105,14 @@ async def test_rpcs_are_counted_by_method_and_code_and_unary_ones_timed(served: 
     )
     timed = {"grpc_service": LEASES, "grpc_method": "ListLeases"}
     assert served.value("gpulet_grpc_server_handling_seconds_count", **timed) == 1
+    assert served.value("gpulet_grpc_server_handling_seconds_sum", **timed) > 0
+    # Cumulative buckets, as Prometheus reads them: never fewer calls under a larger bound.
+    le = ["0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5"]
+    le += ["1.0", "2.5", "5.0", "+Inf"]
+    buckets = [
+        served.value("gpulet_grpc_server_handling_seconds_bucket", **timed, le=b) for b in le
+    ]
+    assert buckets == sorted(buckets) and buckets[-1] == 1
     text = {s.name for m in served.daemon.metrics.registry.collect() for s in m.samples}
     assert text  # sanity
     methods = {

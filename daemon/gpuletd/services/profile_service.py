@@ -14,6 +14,7 @@ from gpuletd.runtime import Runtime
 from gpuletd.scheduler import Scheduler
 from gpuletd.services.convert import gpu_pb, profile_pb
 from gpuletd.services.errors import fail
+from gpuletd.services.memo import Memo
 from gpuletd.supervisor import Supervisor
 
 __all__ = ["ProfileService"]
@@ -35,16 +36,31 @@ class ProfileService(profiles_pb2_grpc.ProfileServiceServicer):
         self._rt = runtime
         self._core = core
         self._supervisor = supervisor
+        self._active: Memo[None, pb.GetActiveProfileResponse] = Memo(1)
 
     async def GetActiveProfile(
         self, request: pb.GetActiveProfileRequest, context: Context
     ) -> pb.GetActiveProfileResponse:
+        rt = self._rt
+        gpus = tuple(rt.gpus)
+        # All but the GPUs is kept while what it is made of holds (services/memo.py); the
+        # GPUs are converted per call, since a reading's age is of the moment of asking.
+        kept = self._active.get(
+            None,
+            (rt.active, rt.config, gpus, rt.reload_error, rt.poller.kind),
+            self._active_profile,
+        )
+        answer = pb.GetActiveProfileResponse()
+        answer.CopyFrom(kept)
+        answer.gpus.extend(gpu_pb(g) for g in gpus)
+        return answer
+
+    def _active_profile(self) -> pb.GetActiveProfileResponse:
         a = self._rt.active
         return pb.GetActiveProfileResponse(
             profile=profile_pb(a.profile),
             source=_SOURCE[a.source],
             reason=a.reason,
-            gpus=[gpu_pb(g) for g in self._rt.gpus],
             usable_vram_mb=a.usable_vram_mb,
             available_profiles=sorted(self._rt.known_profiles()),
             warnings=list(self._rt.warnings),

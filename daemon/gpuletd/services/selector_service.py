@@ -22,16 +22,23 @@ from gpuletd.selector import (
     ExplainStatus,
     Hardware,
     Limit,
+    Misfit,
     explain,
     misfits,
     select,
 )
 from gpuletd.services.convert import bias_pb, model_pb
 from gpuletd.services.errors import fail
+from gpuletd.services.memo import Memo
 
 __all__ = ["SelectorService"]
 
 DEFAULT_TOP_N = 3
+# Selections kept (services/memo.py), by role, top_n and profile: a client's top_n can make
+# more of them, and the oldest then goes.
+_KEPT_SELECTIONS = 64
+# The candidates, the models left out, whether the GPUs run bf16 natively.
+_Selection = tuple[list[Model], list[Misfit], bool | None]
 _STATUS = {
     ExplainStatus.ELIGIBLE: pb.EXPLAIN_STATUS_ELIGIBLE,
     ExplainStatus.REJECTED: pb.EXPLAIN_STATUS_REJECTED,
@@ -61,20 +68,37 @@ class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
         self._rt = runtime
         self._core = core
         self._measurements = measurements
+        self._selections: Memo[tuple[str, int, str], _Selection] = Memo(_KEPT_SELECTIONS)
 
     async def SelectByRole(
         self, request: pb.SelectByRoleRequest, context: Context
     ) -> pb.SelectByRoleResponse:
         top_n = request.top_n if request.HasField("top_n") else DEFAULT_TOP_N
-        hw = Hardware.now(self._rt.gpus, self._core)
-        views = self._core.models()
-        now = time.monotonic()
+        role = request.role
         reg = self._rt.registry
+        # The core's views of the models that support the role, and only those: they are all
+        # the ranking looks at and all the answer shows, and a view costs microseconds.
+        views = {
+            mid: v
+            for mid, m in reg.models.items()
+            if role in m.role_priority and (v := self._core.model(mid)) is not None
+        }
+        hw = Hardware.of(self._rt.gpus, {mid: v.reservation_mb for mid, v in views.items()})
+        now = time.monotonic()
         try:
-            check_name("role", request.role)
+            check_name("role", role)
             profile = self._profile(request.profile)
-            models = select(reg, profile, request.role, top_n, hardware=hw)
-            out = misfits(reg, profile, request.role, hardware=hw)
+            # The ranking is the costly part and changes only with its inputs (a probe
+            # reading, a reservation, a reload, a profile switch); the states are per call.
+            models, out, native = self._selections.get(
+                (role, top_n, profile.name),
+                (reg, profile, hw),
+                lambda: (
+                    select(reg, profile, role, top_n, hardware=hw),
+                    misfits(reg, profile, role, hardware=hw),
+                    hw.bf16_native,
+                ),
+            )
         except Refused as e:
             await fail(context, e)
         resp = pb.SelectByRoleResponse(
@@ -97,8 +121,8 @@ class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
                 for x in out
             ],
         )
-        if hw.bf16_native is not None:
-            resp.bf16_preferred = hw.bf16_native
+        if native is not None:
+            resp.bf16_preferred = native
         return resp
 
     async def ExplainSelection(

@@ -4,6 +4,10 @@ An aio server interceptor only chooses the handler; it never sees the request or
 The interceptors that must (`decoding.DecodeGuard`, `metrics_interceptor`) hand back a handler
 of the same kind whose behaviour wraps the servicer's. `WrappingInterceptor` makes that handler
 once per handler of a server and caches it; `rebuilt` builds it for every kind of handler.
+
+A server gets them as one interceptor (`composed`): grpc runs each interceptor of a server as a
+coroutine of its own on every call, before the handler runs, and the wrappers only need to be
+chosen once.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ __all__ = [
     "Handler",
     "WrappingInterceptor",
     "behaviour",
+    "composed",
     "is_async",
     "rebuilt",
 ]
@@ -86,3 +91,20 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         if wrapped is None:
             wrapped = self._wrapped[handler] = self.wrap(handler, handler_call_details.method)
         return wrapped
+
+
+class _Composed(WrappingInterceptor):
+    def __init__(self, wrappers: tuple[WrappingInterceptor, ...]) -> None:
+        super().__init__()
+        self._wrappers = wrappers
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        for w in reversed(self._wrappers):
+            handler = w.wrap(handler, method)
+        return handler
+
+
+def composed(*wrappers: WrappingInterceptor) -> WrappingInterceptor:
+    """One interceptor doing what `wrappers` would do as a server's interceptors in this order
+    (the first outermost, so it sees what the later ones answer by themselves)."""
+    return _Composed(wrappers)
