@@ -39,10 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 import gpulet
+from bench.live.gpulet_side import daemon_env, serving
 
 __all__ = ["main", "measure"]
 
@@ -119,20 +117,8 @@ def config_toml(mode: str, stamps: Path) -> str:
     return "\n".join(lines)
 
 
-def _serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as ch:
-        stub: Any = health_pb2_grpc.HealthStub(ch)  # the stubs' types lack Check
-        try:
-            r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-        except grpc.RpcError:
-            return False
-    return bool(r.status == health_pb2.HealthCheckResponse.SERVING)
-
-
 def _env(source: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPULET_")}
-    for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC"):
-        env.pop(k, None)
+    env = daemon_env()
     here = str(Path(__file__).resolve().parents[1])  # the workers run bench.readiness
     paths = [here]
     if source is not None:
@@ -160,7 +146,7 @@ def measure(mode: str, rounds: int, source: Path | None = None) -> list[float]:
         proc = subprocess.Popen(argv, env=_env(source), stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 30
-            while not (socket.exists() and _serving(address)):
+            while not (socket.exists() and serving(address)):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"gpuletd did not start:\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.05)

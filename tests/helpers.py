@@ -143,3 +143,19 @@ def run_daemon_once(
         timeout=30,
         stdin=subprocess.DEVNULL,
     )
+
+
+def constrained_daemon(tmp_path: Path, config: str) -> Daemon:
+    """A started daemon with `config` under constrained_16gb on one simulated 16 GiB GPU (one
+    model at a time), checking the core's invariants after every event."""
+    cfg = tmp_path / "gpulet.toml"
+    cfg.write_text(config)
+    return Daemon(
+        "--config",
+        str(cfg),
+        "--simulated-gpus",
+        "16384",
+        "--profile",
+        "constrained_16gb",
+        env={"GPULET_CHECK_INVARIANTS": "1"},
+    ).start()

@@ -29,7 +29,7 @@ from bench.live import traces
 from bench.live.replayer import Served, replay, trace_json
 from bench.workloads import Workload
 
-__all__ = ["PROFILE", "config_toml", "run_gpulet"]
+__all__ = ["PROFILE", "config_toml", "daemon_env", "run_gpulet", "serving"]
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
 PROFILE = "bench_live"
@@ -77,7 +77,8 @@ def config_toml(workload: Workload, record: Path) -> str:
     return "\n".join(lines)
 
 
-def _serving(address: str) -> bool:
+def serving(address: str) -> bool:
+    """gpuletd answers grpc.health.v1 SERVING on `address` (what `gpulet health` asks)."""
     with grpc.insecure_channel(address) as ch:
         stub: Any = health_pb2_grpc.HealthStub(ch)  # the stubs' types lack Check
         try:
@@ -87,7 +88,8 @@ def _serving(address: str) -> bool:
     return bool(r.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def _env() -> dict[str, str]:
+def daemon_env() -> dict[str, str]:
+    """This environment without gpulet's own variables or systemd's, for a gpuletd of ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPULET_")}
     for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC"):
         env.pop(k, None)
@@ -121,13 +123,13 @@ def run_gpulet(workload: Workload) -> dict[str, Any]:
             "--state-dir",
             str(workdir / "state"),
         ],
-        env=_env(),
+        env=daemon_env(),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 30
-        while not (socket.exists() and _serving(address)):
+        while not (socket.exists() and serving(address)):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
                     f"gpuletd did not start:\n{(workdir / 'gpuletd.log').read_text()[-3000:]}"

@@ -14,25 +14,17 @@ import pytest
 import gpulet
 from gpulet.async_client import AsyncClient
 from gpulet.types import Plan, PlanOutcome
-from tests.helpers import Daemon
-from tests.system.test_queue_status import reservation_model
+from tests.helpers import Daemon, constrained_daemon
+from tests.system.test_leases import reservation_model
 
 pytestmark = pytest.mark.system
 
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    cfg = tmp_path / "gpulet.toml"
-    cfg.write_text(reservation_model("model-a", 9000) + reservation_model("model-b", 9000))
-    d = Daemon(
-        "--config",
-        str(cfg),
-        "--simulated-gpus",
-        "16384",
-        "--profile",
-        "constrained_16gb",
-        env={"GPULET_CHECK_INVARIANTS": "1"},
-    ).start()
+    d = constrained_daemon(
+        tmp_path, reservation_model("model-a", 9000) + reservation_model("model-b", 9000)
+    )
     try:
         yield d
     finally:

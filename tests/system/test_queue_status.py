@@ -13,48 +13,25 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import gpulet
 from tests import helpers
-from tests.helpers import Daemon
+from tests.helpers import Daemon, constrained_daemon
+from tests.system.test_leases import reservation_model, wait_until
 
 pytestmark = pytest.mark.system
-
-
-def reservation_model(mid: str, vram: int) -> str:
-    return (
-        f'[models.{mid}]\nbackend = "reservation"\nquantization = "fp16"\n'
-        f"vram_estimate_mb = {vram}\nrole_priority = {{ caption = 50 }}\n"
-    )
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
 def busy(tmp_path: Path) -> Iterator[tuple[Daemon, gpulet.Lease]]:
     """A daemon with a lease on `model-a` held and a request for `model-b` waiting."""
-    cfg = tmp_path / "gpulet.toml"
-    cfg.write_text(reservation_model("model-a", 9000) + reservation_model("model-b", 9000))
-    d = Daemon(
-        "--config",
-        str(cfg),
-        "--simulated-gpus",
-        "16384",
-        "--profile",
-        "constrained_16gb",
-        env={"GPULET_CHECK_INVARIANTS": "1"},
-    ).start()
+    d = constrained_daemon(
+        tmp_path, reservation_model("model-a", 9000) + reservation_model("model-b", 9000)
+    )
     done = threading.Event()
     try:
         with gpulet.Client(address=d.address) as c:
