@@ -267,6 +267,17 @@ def _falls_back(reason: str, i: int, choices: Sequence[str]) -> bool:
     return reason == "MODEL_TOO_LARGE" and i + 1 < len(choices)
 
 
+def _check_priority(priority: int) -> None:
+    if priority not in PRIORITY_RANGE:
+        raise LeaseFailed(
+            "INVALID_ARGUMENT",
+            "INVALID_PRIORITY",
+            f"priority: must be between {PRIORITY_RANGE.start} and "
+            f"{PRIORITY_RANGE.stop - 1}, got {priority}",
+            "priority",
+        )
+
+
 def _digest(token: str) -> str:
     # Only a digest is kept (and persisted): what is stored cannot be replayed as a token.
     return hashlib.sha256(token.encode()).hexdigest()
@@ -358,14 +369,7 @@ class LeaseManager:
                 f"and {MAX_CLAIM_WITHIN_S:g} s, got {claim_within_s:g}",
                 "claim_within_seconds",
             )
-        if priority not in PRIORITY_RANGE:
-            raise LeaseFailed(
-                "INVALID_ARGUMENT",
-                "INVALID_PRIORITY",
-                f"priority: must be between {PRIORITY_RANGE.start} and "
-                f"{PRIORITY_RANGE.stop - 1}, got {priority}",
-                "priority",
-            )
+        _check_priority(priority)
         if self._closing:
             raise LeaseFailed("UNAVAILABLE", "SHUTTING_DOWN", "gpuletd is shutting down")
         if self._draining:
@@ -529,14 +533,7 @@ class LeaseManager:
         refuse before it reached the core (bad field, unknown model or role)."""
         from gpuletd.plan import Outcome, PlanResult, what_if  # plan.py imports this module
 
-        if priority not in PRIORITY_RANGE:
-            raise LeaseFailed(
-                "INVALID_ARGUMENT",
-                "INVALID_PRIORITY",
-                f"priority: must be between {PRIORITY_RANGE.start} and "
-                f"{PRIORITY_RANGE.stop - 1}, got {priority}",
-                "priority",
-            )
+        _check_priority(priority)
         choices = [model_id]
         if vram_mb:
             self._check_vram(vram_mb, model_id, role)

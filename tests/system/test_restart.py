@@ -39,6 +39,19 @@ def states(c: gpulet.Client) -> dict[str, str]:
     return {m.id: m.state.value for m in c.models()}
 
 
+def acquire_slow_in_background(d: Daemon, piddir: Path) -> subprocess.Popen[str]:
+    """`gpulet lease acquire slow` left waiting, once the slow backend's process exists."""
+    loading = subprocess.Popen(
+        [GPULET, "--address", d.address, "lease", "acquire", "slow", "--json"],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert wait_until(lambda: (piddir / "slow.pid").exists(), timeout=10), d.output()
+    return loading
+
+
 def kill9(d: Daemon) -> None:
     assert d.proc is not None
     d.proc.kill()
@@ -65,14 +78,7 @@ def test_kill9_restart_keeps_leases_and_adopts_loaded_and_loading_backends(
         fast_pid = pid_of(piddir, "fast")
         pids.append(fast_pid)
         # A third client asks for a model whose backend takes 3 s to become healthy.
-        loading = subprocess.Popen(
-            [GPULET, "--address", d.address, "lease", "acquire", "slow", "--json"],
-            env=clean_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert wait_until(lambda: (piddir / "slow.pid").exists(), timeout=10), d.output()
+        loading = acquire_slow_in_background(d, piddir)
         slow_pid = pid_of(piddir, "slow")
         pids.append(slow_pid)
 
@@ -370,14 +376,7 @@ def test_on_stop_keep_leaves_a_loading_backend_to_the_next_gpuletd(
     loading: subprocess.Popen[str] | None = None
     pid = 0
     try:
-        loading = subprocess.Popen(
-            [GPULET, "--address", d.address, "lease", "acquire", "slow", "--json"],
-            env=clean_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert wait_until(lambda: (piddir / "slow.pid").exists(), timeout=10), d.output()
+        loading = acquire_slow_in_background(d, piddir)
         pid = pid_of(piddir, "slow")
         assert d.stop(signal.SIGTERM, keep=True) == 0, d.output()
         assert '"daemon.handed_off"' in d.output(), d.output()

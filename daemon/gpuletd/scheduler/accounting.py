@@ -304,19 +304,19 @@ def wanted(st: State) -> set[str]:
 def future_view(st: State, hypo: Hypothesis | None = None) -> FutureView:
     """The machine once every unload under way has finished and its memory is back. Without
     a hypothesis it is memoised during a pass; with one it is derived from that."""
-    if st.plan_cache is None:
-        return _future_view(st, hypo)
-    if st.view_cache is None:
-        st.view_cache = _future_view(st, None)
-    base = st.view_cache
+    if st.plan_cache is not None:
+        if st.view_cache is None:
+            st.view_cache = _future_view(st)
+        base = st.view_cache
+    else:
+        base = _future_view(st)
     if hypo is None or (hypo.added_id is None and not hypo.removed):
         return base
     return _suppose(base, hypo)
 
 
 def _suppose(base: FutureView, hypo: Hypothesis) -> FutureView:
-    """`base` with the hypothesis applied: what `_future_view(st, hypo)` computes, without
-    walking the models again."""
+    """`base` with the hypothesis applied, without walking the models again."""
     room = dict(base.room)
     slots, budget, heavies = base.slots_used, base.budget_used, base.heavy_used
     candidates: list[Candidate] = []
@@ -351,8 +351,7 @@ def _suppose(base: FutureView, hypo: Hypothesis) -> FutureView:
     )
 
 
-def _future_view(st: State, hypo: Hypothesis | None) -> FutureView:
-    hypo = hypo or Hypothesis()
+def _future_view(st: State) -> FutureView:
     room: dict[str, int] = {}
     for u, g in st.gpus.items():
         if g.lost or g.total_mb is None:
@@ -366,8 +365,6 @@ def _future_view(st: State, hypo: Hypothesis | None) -> FutureView:
     # (Filtered first: most of a large registry is not loaded, and this runs every pass.)
     there = [r for r in holders(st) if r.state is _LOADING or r.state is _LOADED]
     for r in there:
-        if r.model.id in hypo.removed:
-            continue
         slots += 1
         budget += r.reserved_mb
         heavies += r.heavy
@@ -386,17 +383,6 @@ def _future_view(st: State, hypo: Hypothesis | None) -> FutureView:
                 load_s=load_s,
                 rate=rate,
             )
-        )
-    if hypo.added_id is not None:
-        slots += 1
-        budget += hypo.added_total
-        heavies += hypo.added_heavy
-        shares = dict(hypo.added_shares or {})
-        for u, mb in shares.items():
-            if u in room:
-                room[u] -= mb
-        candidates.append(
-            Candidate(hypo.added_id, shares, hypo.added_total, 0.0, True, hypo.added_heavy)
         )
     return FutureView(
         room=room,

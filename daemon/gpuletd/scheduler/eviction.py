@@ -20,7 +20,7 @@ scheduler uses to protect the head of the queue from being starved. See docs/sch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gpuletd.scheduler.placement import Need, best_fit
@@ -173,14 +173,8 @@ def choose_victims(
     if len(cands) <= exact_limit:
         best: tuple[tuple[int, float, int, tuple[str, ...]], tuple[Candidate, ...]] | None = None
         best_gpus: tuple[str, ...] = ()
-        for mask in range(1, 1 << len(cands)):
-            chosen = tuple(c for i, c in enumerate(cands) if mask >> i & 1)
-            key = (
-                sum(c.pinned for c in chosen),
-                sum(c.cost for c in chosen),
-                sum(c.reserved_mb for c in chosen),
-                tuple(c.model_id for c in chosen),
-            )
+        for chosen in _subsets(cands):
+            key = _set_key(chosen)
             if best is not None and key >= best[0]:
                 continue
             gpus = fits(chosen)
@@ -293,14 +287,8 @@ def _lookahead(
         tuple[tuple[int, float, int, tuple[str, ...]], tuple[Candidate, ...], tuple[str, ...]]
     ]
     top = []
-    for mask in range(1, 1 << len(ordered)):
-        chosen = tuple(c for i, c in enumerate(ordered) if mask >> i & 1)
-        key = (
-            sum(c.pinned for c in chosen),
-            sum(c.cost for c in chosen),
-            sum(c.reserved_mb for c in chosen),
-            tuple(c.model_id for c in chosen),
-        )
+    for chosen in _subsets(ordered):
+        key = _set_key(chosen)
         if len(top) == _LOOKAHEAD_SETS and key >= top[-1][0]:
             continue
         gpus = _fit(need, view, chosen)
@@ -321,6 +309,22 @@ def _lookahead(
         ),
     )
     return best[1], best[2]
+
+
+def _subsets(cands: Sequence[Candidate]) -> Iterator[tuple[Candidate, ...]]:
+    """Every non-empty subset, in the same order each time (the exact searches' tie-break)."""
+    for mask in range(1, 1 << len(cands)):
+        yield tuple(c for i, c in enumerate(cands) if mask >> i & 1)
+
+
+def _set_key(chosen: tuple[Candidate, ...]) -> tuple[int, float, int, tuple[str, ...]]:
+    """How an eviction set ranks: fewest pinned, then cheapest, then least memory, then ids."""
+    return (
+        sum(c.pinned for c in chosen),
+        sum(c.cost for c in chosen),
+        sum(c.reserved_mb for c in chosen),
+        tuple(c.model_id for c in chosen),
+    )
 
 
 def plan_room(

@@ -14,7 +14,7 @@ requests that parsed, so they stay as they are; health and reflection are covere
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -143,48 +143,49 @@ async def _checked(requests: AsyncIterator[Any], context: Context) -> AsyncItera
         yield r
 
 
-def _refusing(inner: Behaviour) -> Behaviour:
-    async def call(request: Any, context: Context) -> Any:
-        if isinstance(request, Undecodable):
-            await request.refuse(context)
-        return await inner(request, context)
-
-    return call
+# How a request reaches the servicer: one that did not parse is refused first; a stream of
+# requests is checked as it is read.
+Admit = Callable[[Any, Context], Awaitable[Any]]
+Wrapper = Callable[[Behaviour], Behaviour]
 
 
-def _refusing_stream(inner: Behaviour) -> Behaviour:
-    async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-        if isinstance(request, Undecodable):
-            await request.refuse(context)
-        responses = inner(request, context)
-        try:
-            async for r in responses:
-                yield r
-        finally:
-            # Closed here, at once, so the servicer's own `finally` (an Acquire leaving the
-            # queue) runs when the call ends, not when the generator is collected.
-            await responses.aclose()
-
-    return stream
+async def _admit_one(request: Any, context: Context) -> Any:
+    if isinstance(request, Undecodable):
+        await request.refuse(context)
+    return request
 
 
-def _checking(inner: Behaviour) -> Behaviour:
-    async def call(requests: AsyncIterator[Any], context: Context) -> Any:
-        return await inner(_checked(requests, context), context)
-
-    return call
+async def _admit_stream(requests: AsyncIterator[Any], context: Context) -> Any:
+    return _checked(requests, context)
 
 
-def _checking_stream(inner: Behaviour) -> Behaviour:
-    async def stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-        responses = inner(_checked(requests, context), context)
-        try:
-            async for r in responses:
-                yield r
-        finally:
-            await responses.aclose()
+def _refusing(admit: Admit) -> tuple[Wrapper, Wrapper]:
+    """The `call` and `stream` wrappers for `rebuilt` that admit the request first."""
 
-    return stream
+    def call(inner: Behaviour) -> Behaviour:
+        async def guarded(request: Any, context: Context) -> Any:
+            return await inner(await admit(request, context), context)
+
+        return guarded
+
+    def stream(inner: Behaviour) -> Behaviour:
+        async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+            responses = inner(await admit(request, context), context)
+            try:
+                async for r in responses:
+                    yield r
+            finally:
+                # Closed here, at once, so the servicer's own `finally` (an Acquire leaving
+                # the queue) runs when the call ends, not when the generator is collected.
+                await responses.aclose()
+
+        return guarded
+
+    return call, stream
+
+
+_UNARY_REQUEST = _refusing(_admit_one)
+_STREAMED_REQUESTS = _refusing(_admit_stream)
 
 
 def _guard(h: Handler) -> Handler:
@@ -201,14 +202,12 @@ def _guard(h: Handler) -> Handler:
         # A plain function (health's List is the base class's "not implemented"): run where
         # grpc would run it, in a thread, once the request has parsed.
         async def call_sync(request: Any, context: Context) -> Any:
-            if isinstance(request, Undecodable):
-                await request.refuse(context)
+            request = await _admit_one(request, context)
             return await asyncio.get_running_loop().run_in_executor(None, inner, request, context)
 
         return grpc.unary_unary_rpc_method_handler(call_sync, decode, h.response_serializer)
-    if h.request_streaming:
-        return rebuilt(h, call=_checking, stream=_checking_stream, deserializer=decode)
-    return rebuilt(h, call=_refusing, stream=_refusing_stream, deserializer=decode)
+    call, stream = _STREAMED_REQUESTS if h.request_streaming else _UNARY_REQUEST
+    return rebuilt(h, call=call, stream=stream, deserializer=decode)
 
 
 class DecodeGuard(WrappingInterceptor):
