@@ -16,7 +16,7 @@ shows it back, or `memory_settle_s` passes."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
 from gpuletd.probe.types import GpuState
@@ -53,10 +53,14 @@ __all__ = [
     "load_estimate_s",
     "need",
     "need_and_ceiling",
+    "newcomer_id_free",
     "place_now",
     "plan",
     "reuse_per_s",
+    "reweigh",
+    "reweighed",
     "stuck_key",
+    "touched",
     "wanted",
 ]
 
@@ -278,7 +282,7 @@ def _place_now(st: State, rec: ModelRecord, nd: Need) -> tuple[str, ...] | None:
     return best_fit(nd, room, _locked(st, rec, nd.share_mb, room, held))
 
 
-def reuse_per_s(st: State, rec: ModelRecord, wanted: set[str]) -> float:
+def reuse_per_s(st: State, rec: ModelRecord, wanted: Container[str]) -> float:
     # Someone already waits for it: it will be needed again at once.
     if rec.model.id in wanted:
         return 1.0
@@ -303,13 +307,14 @@ def wanted(st: State) -> set[str]:
 
 def future_view(st: State, hypo: Hypothesis | None = None) -> FutureView:
     """The machine once every unload under way has finished and its memory is back. Without
-    a hypothesis it is memoised during a pass; with one it is derived from that."""
-    if st.plan_cache is not None:
-        if st.view_cache is None:
-            st.view_cache = _future_view(st)
-        base = st.view_cache
-    else:
+    a hypothesis it is memoised by a pass (see `State.view_cache`); with one it is derived
+    from that."""
+    base = None if st.plan_cache is None else _remembered_view(st)
+    if base is None:
         base = _future_view(st)
+        if st.plan_cache is not None:
+            st.view_cache, st.view_at = base, st.now
+            st.view_stale.clear()
     if hypo is None or (hypo.added_id is None and not hypo.removed):
         return base
     return _suppose(base, hypo)
@@ -361,7 +366,7 @@ def _future_view(st: State) -> FutureView:
     budget = 0
     heavies = 0
     candidates: list[Candidate] = []
-    want = wanted(st)
+    want = st.queue.wanted()
     # (Filtered first: most of a large registry is not loaded, and this runs every pass.)
     there = [r for r in holders(st) if r.state is _LOADING or r.state is _LOADED]
     for r in there:
@@ -371,19 +376,7 @@ def _future_view(st: State) -> FutureView:
         for u, mb in r.shares.items():
             if u in room:
                 room[u] -= mb
-        load_s, rate = load_estimate_s(st, r), reuse_per_s(st, r, want)
-        candidates.append(
-            Candidate(
-                model_id=r.model.id,
-                gpu_shares=dict(r.shares),
-                reserved_mb=r.reserved_mb,
-                cost=reload_cost(load_s, rate),
-                pinned=r.state is ModelState.LOADING or bool(r.leases),
-                heavy=r.heavy,
-                load_s=load_s,
-                rate=rate,
-            )
-        )
+        candidates.append(_candidate(st, r, want))
     return FutureView(
         room=room,
         slots_used=slots,
@@ -393,6 +386,20 @@ def _future_view(st: State) -> FutureView:
         budget_limit=st.profile.max_vram_mb,
         heavy_used=heavies,
         heavy_limit=st.profile.max_heavy_models,
+    )
+
+
+def _candidate(st: State, r: ModelRecord, want: Container[str]) -> Candidate:
+    load_s, rate = load_estimate_s(st, r), reuse_per_s(st, r, want)
+    return Candidate(
+        model_id=r.model.id,
+        gpu_shares=dict(r.shares),
+        reserved_mb=r.reserved_mb,
+        cost=reload_cost(load_s, rate),
+        pinned=r.state is ModelState.LOADING or bool(r.leases),
+        heavy=r.heavy,
+        load_s=load_s,
+        rate=rate,
     )
 
 
@@ -406,6 +413,9 @@ def plan(
 ) -> Plan | None:
     """`nd`: `need(st, rec)`, when the caller has it."""
     key = (rec.model.id, allow_pinned)
+    if st.view_stale:
+        # (What the plans weighed may have changed since: see `reweigh`.)
+        _remembered_view(st)
     cache = st.plan_cache if hypo is None else None
     if cache is not None and key in cache:
         return cache[key]
@@ -436,12 +446,30 @@ def plan(
     return found
 
 
+def newcomer_id_free(st: State, removed: frozenset[str]) -> bool:
+    """Whether `plan(..., allow_pinned=True, hypo=...)` for a hypothesis that adds a model
+    and evicts `removed` answers the same for every added model of the same shape (shares,
+    total, heavy), whatever its id, but for naming it among the victims.
+
+    The added model is a pinned candidate of cost 0, and a candidate's id only breaks ties
+    (`eviction.choose_victims`): in the greedy search, between pinned candidates of equal
+    cost (per MiB), so none but the added one may cost 0; the exact search, over at most
+    `exact_eviction_limit` candidates, ranks whole sets by their ids last, so it is not
+    covered. A change to those tie-breaks must revisit this."""
+    kept = [c for c in future_view(st).candidates if c.model_id not in removed]
+    if len(kept) + 1 <= st.tuning.exact_eviction_limit:
+        return False
+    return all(not c.pinned or c.cost / max(c.reserved_mb, 1) > 0 for c in kept)
+
+
 def changed(st: State) -> None:
     """A record changed: what the pass memoised about the queue and plans is stale."""
     st.version += 1
+    st.models_due = None
     st.wanted_cache = None
     st.holding_cache = None
     st.view_cache = None
+    st.view_stale.clear()
     if st.plan_cache is not None:
         st.plan_cache.clear()
     if st.place_cache is not None:
@@ -450,6 +478,59 @@ def changed(st: State) -> None:
         st.shape_plans.clear()
     if st.stuck is not None:
         st.stuck.clear()
+
+
+def touched(st: State, rec: ModelRecord) -> None:
+    """A benign transition (`State.benign`) has just been made on `rec`: a grant, a join, or
+    the end of a lease that leaves it leased. It took no memory and freed none, so what the
+    pass knows of memory and placement (`holding`, `place_now`, `stuck`, the shape plans,
+    `State.models_due`) holds; only `rec`'s candidate in the future view (now leased, or no
+    longer waited for) may differ, and with it the plans that weighed it."""
+    st.version += 1
+    st.benign += 1
+    st.wanted_cache = None
+    reweigh(st, rec)
+
+
+def reweigh(st: State, rec: ModelRecord) -> None:
+    """`rec`'s leases, its reuse or whether a request waits for it changed: its candidate in
+    the remembered future view is made again before the view is next read (once, however
+    many changes come before), and the plans that weighed it are then forgotten if it
+    differs."""
+    if st.view_cache is not None and (rec.state is _LOADING or rec.state is _LOADED):
+        st.view_stale[rec.model.id] = rec
+
+
+def reweighed(st: State, view: FutureView) -> FutureView:
+    """`view` with the candidates of `State.view_stale` made again (the same object when none
+    of them differs)."""
+    want = st.queue.wanted()
+    candidates: list[Candidate] | None = None
+    for i, c in enumerate(view.candidates):
+        rec = st.view_stale.get(c.model_id)
+        if rec is None:
+            continue
+        fresh = _candidate(st, rec, want)
+        if fresh != c:
+            if candidates is None:
+                candidates = list(view.candidates)
+            candidates[i] = fresh
+    return view if candidates is None else dataclasses.replace(view, candidates=candidates)
+
+
+def _remembered_view(st: State) -> FutureView | None:
+    """`State.view_cache` brought up to date, or None when there is none for this clock."""
+    view = st.view_cache
+    if view is None or st.view_at != st.now:
+        return None
+    if st.view_stale:
+        fresh = reweighed(st, view)
+        st.view_stale.clear()
+        if fresh is not view:
+            st.view_cache = view = fresh
+            if st.plan_cache is not None:
+                st.plan_cache.clear()
+    return view
 
 
 def grace_s(st: State, rec: ModelRecord) -> float:

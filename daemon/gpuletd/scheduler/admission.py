@@ -9,6 +9,7 @@ only in ways that do not delay it (see `_may_bypass` and `_delays`).
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from gpuletd.scheduler.accounting import (
     in_flux,
     need,
     need_and_ceiling,
+    newcomer_id_free,
     place_now,
     plan,
     stuck_key,
@@ -46,9 +48,9 @@ __all__ = ["settle"]
 _RESTING = (ModelState.UNLOADED, ModelState.FAILED)
 
 
-@dataclass
-class _Head:
-    """The first request of this pass that could not be served: later ones must not delay it.
+@dataclass(frozen=True)
+class _Wait:
+    """What the head of a pass waits for.
 
     `need`: models it needs gone (or, if `exclusive_wait`, the model whose leases it waits
     out): a new lease on one of them is a *delaying bypass*, allowed `bypass_limit` times.
@@ -56,11 +58,71 @@ class _Head:
     `soon`: it waits only for memory on its way back (an unload, a load ending): a later
     load on the GPU it will go to would hold that GPU's load lock just when its room is back."""
 
-    req: PendingRequest
     need: frozenset[str]
     blockers: frozenset[str]
     exclusive_wait: bool
     soon: bool = False
+
+
+class _Verdict(enum.Enum):
+    """How a load (after its evictions) would change what the head waits for (`_delays`)."""
+
+    # It would wait on a leased or loading model more, or find no room at all.
+    PINNED = enum.auto()
+    # On no more of them, and the load is on GPUs the head does not go to.
+    ELSEWHERE = enum.auto()
+    # On no more of them, but the load would hold the load lock of a GPU the head goes to.
+    ITS_GPU = enum.auto()
+
+
+class _Head:
+    """The first request of this pass that could not be served: later ones must not delay it.
+
+    What it waits for (`wait`) is worked out when first asked: a quiet pass whose newcomers
+    want models that cannot load anyway never asks. Asking late changes nothing: before a
+    request asks, a quiet pass makes no transition but refusing requests for models neither
+    loaded nor loading, which no eviction search weighs. (`_pump` asks at once: in a full
+    pass a retired instance, which the searches do weigh, may share such a model's id.)"""
+
+    __slots__ = ("_at", "_rec", "_st", "_verdicts", "_wait", "req")
+
+    def __init__(self, st: State, req: PendingRequest, rec: ModelRecord) -> None:
+        self.req = req
+        self._st, self._rec = st, rec
+        self._wait: _Wait | None = None
+        # `verdict`'s answers, by the shape of the load, while `State.version` is `_at`.
+        self._verdicts: dict[tuple[object, ...], _Verdict] = {}
+        self._at = -1
+
+    def wait(self) -> _Wait:
+        if self._wait is None:
+            self._wait = _wait_of(self._st, self.req, self._rec)
+        return self._wait
+
+    def verdict(self, added: Need, shares: dict[str, int], removed: frozenset[str]) -> _Verdict:
+        """What loading `added` on `shares` after evicting `removed` does to the head. The
+        same for every model of that shape when its id can break no tie in the search
+        (`accounting.newcomer_id_free`): then it is remembered until the next transition, as
+        the dozens of models of one size that fit now each ask in a pass."""
+        st = self._st
+        if self._at != st.version:
+            self._verdicts.clear()
+            self._at = st.version
+        key = (tuple(shares.items()), added.total_mb, added.heavy, removed)
+        known = self._verdicts.get(key)
+        if known is not None:
+            return known
+        hypo = Hypothesis(added.model_id, shares, added.total_mb, removed, added.heavy)
+        found = plan(st, self._rec, allow_pinned=True, hypo=hypo)
+        if found is None or not found.pinned_victims <= self.wait().blockers:
+            answer = _Verdict.PINNED
+        elif not set(shares) & set(found.gpu_uuids):
+            answer = _Verdict.ELSEWHERE
+        else:
+            answer = _Verdict.ITS_GPU
+        if newcomer_id_free(st, removed):
+            self._verdicts[key] = answer
+        return answer
 
 
 @dataclass
@@ -93,34 +155,37 @@ def settle(st: State, out: list[Decision], *, quiet_ok: bool = False) -> None:
     marks = (st.version, st.benign)
     calm = _Calm()
     order = st.queue.ordered(st.now)
+    queued: list[Decision] = []
     _open_pass(st)
     try:
         if sweep_memory(st, out):
             calm.safe = False
         if st.retired or st.inherited is not None:
             sweep(st, out)
-        head, blocked = _pump(st, order, out, calm)
+        head, blocked, at = _pump(st, order, out, queued, calm)
         # What the pass refused (a memory request too large) leaves nothing behind.
         sweep_memory(st, out)
     finally:
         _close_pass(st)
     if st.inherited is not None:
         tighten(st)
-    # Effective priorities depend on the clock only, so the pass did not reorder: the
-    # requests still waiting keep their relative order.
-    at = _positions(st, order, 0, out)
+    out += queued
     _remember(st, calm, marks, head, blocked, at)
 
 
-def _open_pass(st: State) -> None:
+def _open_pass(st: State, *, quiet: bool = False) -> None:
     st.plan_cache, st.wanted_cache = {}, None
-    st.holding_cache, st.view_cache = None, None
+    st.holding_cache = None
+    if not quiet:
+        st.view_cache = None
+        st.view_stale.clear()
     st.place_cache, st.shape_plans, st.stuck = {}, {}, set()
 
 
 def _close_pass(st: State) -> None:
+    # (The future view stays, for the next quiet pass: see `State.view_cache`.)
     st.plan_cache, st.wanted_cache = None, None
-    st.holding_cache, st.view_cache = None, None
+    st.holding_cache = None
     st.place_cache, st.shape_plans, st.stuck = None, None, None
 
 
@@ -167,7 +232,7 @@ def _remember(
         benign=st.benign,
         until=min(calm.until, _reading_flips_at(st)),
         head=None if head is None else head.req.request_id,
-        head_need=head.need if calm.by_head and head is not None else None,
+        head_need=head.wait().need if calm.by_head and head is not None else None,
         blocked=frozenset(blocked),
         waiting=at,
         arrivals=st.queue.arrivals,
@@ -205,28 +270,30 @@ def _settle_quietly(st: State, out: list[Decision]) -> bool:
     calm = _Calm()
     marks = (st.version, st.benign)
     head: _Head | None = None
-    blocked = set(q.blocked)
+    # Models added to `q.blocked` by this pass (the rest stays as it was).
+    newly: set[str] = set()
     pending = st.queue.pending()
-    _open_pass(st)
+    _open_pass(st, quiet=True)
     try:
         if q.head_need is not None:
             # Requests were left waiting for what the head needs gone: only if it still needs
             # the same would they be left waiting again.
             first = pending[q.head] if q.head is not None else None
             assert first is not None
-            head = _make_head(st, first, st.models[first.model_id])
-            if head.need != q.head_need:
+            head = _Head(st, first, st.models[first.model_id])
+            if head.wait().need != q.head_need:
                 return False
         for req in new:
-            if req.joined or req.model_id in blocked or req.request_id not in pending:
+            mid = req.model_id
+            if req.joined or mid in q.blocked or mid in newly or req.request_id not in pending:
                 continue
             if head is None and q.head is not None:
-                # The same request heads this pass; what it needs is recomputed now.
+                # The same request heads this pass; what it needs is recomputed (if asked).
                 first = pending[q.head]
-                head = _make_head(st, first, st.models[first.model_id])
-            rec = st.models[req.model_id]
-            if _serve(st, req, rec, head, blocked, out, calm) and head is None:
-                head = _make_head(st, req, rec)
+                head = _Head(st, first, st.models[first.model_id])
+            rec = st.models[mid]
+            if _serve(st, req, rec, head, newly, out, calm) and head is None:
+                head = _Head(st, req, rec)
     finally:
         _close_pass(st)
     at = _positions(st, new, q.waiting, out)
@@ -234,7 +301,7 @@ def _settle_quietly(st: State, out: list[Decision]) -> bool:
     head_id = q.head if q.head is not None else (None if head is None else head.req.request_id)
     head_need = q.head_need
     if calm.by_head and head is not None:
-        head_need = head.need
+        head_need = head.wait().need
     if calm.safe and _calm_changes(st, marks):
         st.quiet = Quiet(
             version=st.version,
@@ -242,7 +309,7 @@ def _settle_quietly(st: State, out: list[Decision]) -> bool:
             until=min(q.until, calm.until, _reading_flips_at(st)),
             head=head_id,
             head_need=head_need,
-            blocked=frozenset(blocked),
+            blocked=q.blocked | newly if newly else q.blocked,
             waiting=at,
             arrivals=st.queue.arrivals,
         )
@@ -269,21 +336,41 @@ def sweep_memory(st: State, out: list[Decision]) -> bool:
 
 
 def _pump(
-    st: State, order: list[PendingRequest], out: list[Decision], calm: _Calm
-) -> tuple[_Head | None, set[str]]:
+    st: State,
+    order: list[PendingRequest],
+    out: list[Decision],
+    queued: list[Decision],
+    calm: _Calm,
+) -> tuple[_Head | None, set[str], int]:
+    """Serve the requests in turn order, then the preloads. The requests left waiting are
+    numbered on the way, Queued for those whose position changed going to `queued`: a
+    request's fate is settled once its turn has passed (no later step of the pass grants,
+    joins or refuses another), and effective priorities depend on the clock only, so the
+    pass does not reorder them. Returns the head, the models whose earliest waiting request
+    could not start its load, and the last position given."""
     head: _Head | None = None
     load_blocked: set[str] = set()
     pending = st.queue.pending()
+    at = 0
     for req in order:
-        if req.joined or req.model_id in load_blocked or req.request_id not in pending:
-            # (load_blocked: an earlier request for this model could not start its load;
-            # this one cannot either, and it is not the head since that one came first.)
+        if req.joined or req.request_id not in pending:
             continue
-        rec = st.models[req.model_id]
-        if _serve(st, req, rec, head, load_blocked, out, calm) and head is None:
-            head = _make_head(st, req, rec)
+        mid = req.model_id
+        # (load_blocked: an earlier request for this model could not start its load; this
+        # one cannot either, and it is not the head since that one came first.)
+        if mid not in load_blocked:
+            rec = st.models[mid]
+            if not _serve(st, req, rec, head, load_blocked, out, calm):
+                continue
+            if head is None:
+                head = _Head(st, req, rec)
+                head.wait()
+        at += 1
+        if req.position != at:
+            req.position = at
+            queued.append(Queued(req.request_id, mid, at))
     _pump_preloads(st, head, out)
-    return head, load_blocked
+    return head, load_blocked, at
 
 
 def _serve(
@@ -355,6 +442,7 @@ def _serve(
             # A request that holds off does nothing yet: only an eviction made spends one of
             # the head's bounded bypasses.
             if hold_off(st, req, rec, found.victims):
+                st.queue.note_patient(req)
                 return True
             if head is not None:
                 _delays(st, head, nd, shares, victims)
@@ -366,13 +454,13 @@ def _serve(
     return True
 
 
-def _make_head(st: State, req: PendingRequest, rec: ModelRecord) -> _Head:
+def _wait_of(st: State, req: PendingRequest, rec: ModelRecord) -> _Wait:
     mid = rec.model.id
     if rec.state is ModelState.LOADED:
-        return _Head(req, frozenset({mid}), frozenset({mid}), exclusive_wait=True)
+        return _Wait(frozenset({mid}), frozenset({mid}), exclusive_wait=True)
     found = plan(st, rec, allow_pinned=True)
     if found is None:
-        return _Head(req, frozenset(), frozenset(), exclusive_wait=False)
+        return _Wait(frozenset(), frozenset(), exclusive_wait=False)
     # Not in backoff nor waiting for a retired instance: those waits are long, and holding
     # every later load off the GPU for them would stall it for nothing.
     # Nor while it waits by choice (patience): memory is not on its way back for it, and
@@ -384,15 +472,13 @@ def _make_head(st: State, req: PendingRequest, rec: ModelRecord) -> _Head:
         and mid not in st.retired
         and not patient
     )
-    return _Head(
-        req, frozenset(found.victims), found.pinned_victims, exclusive_wait=False, soon=soon
-    )
+    return _Wait(frozenset(found.victims), found.pinned_victims, exclusive_wait=False, soon=soon)
 
 
 def _may_bypass(st: State, head: _Head | None, model_id: str) -> bool:
     """A new lease on a model the head needs gone delays the head: allowed only
     `bypass_limit` times per head; after that such requests wait behind it."""
-    if head is None or model_id not in head.need:
+    if head is None or model_id not in head.wait().need:
         return True
     if head.req.bypassed < st.tuning.bypass_limit:
         head.req.bypassed += 1
@@ -417,15 +503,15 @@ def _delays(
     preload allowed where a request for the same model was not would start a load that
     request joins in the next pass, with nothing having happened in between. `spend`: count
     an allowed bypass against the head now (False when the caller may yet hold off)."""
-    if head.exclusive_wait:
+    wait = head.wait()
+    if wait.exclusive_wait:
         return False
-    hypo = Hypothesis(added.model_id, shares, added.total_mb, removed, added.heavy)
-    found = plan(st, st.models[head.req.model_id], allow_pinned=True, hypo=hypo)
-    if found is None or not found.pinned_victims <= head.blockers:
+    verdict = head.verdict(added, shares, removed)
+    if verdict is _Verdict.PINNED:
         return True
-    if not set(shares) & set(found.gpu_uuids):
+    if verdict is _Verdict.ELSEWHERE:
         return False
-    if head.soon:
+    if wait.soon:
         return True
     if head.req.bypassed < st.tuning.bypass_limit:
         if spend:

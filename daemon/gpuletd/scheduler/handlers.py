@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from gpuletd.probe.types import GpuSnapshot, GpuState
 from gpuletd.profiles import Strategy
-from gpuletd.scheduler.accounting import ceiling, changed, held_on, in_flux
+from gpuletd.scheduler.accounting import ceiling, changed, held_on, in_flux, reweigh
 from gpuletd.scheduler.admission import settle
 from gpuletd.scheduler.decisions import (
     Decision,
@@ -195,7 +195,8 @@ def on_request(
         out.append(Rejected(request_id, *problem))
         settle(st, out)
         return out
-    st.models[model_id].usage.observe(now)
+    rec = st.models[model_id]
+    rec.usage.observe(now)
     st.seq += 1
     st.queue.add(
         PendingRequest(
@@ -212,6 +213,7 @@ def on_request(
             claim_within_s=claim_within_s,
         )
     )
+    reweigh(st, rec)
     settle(st, out, quiet_ok=True)
     return out
 
@@ -373,6 +375,8 @@ def on_load_succeeded(
     alpha = st.tuning.load_time_alpha
     prev = rec.load_seconds
     rec.load_seconds = elapsed if prev is None else alpha * elapsed + (1 - alpha) * prev
+    # (Its grace period may now run: `State.models_due` is recomputed.)
+    changed(st)
     rec.streak_at_success = rec.consecutive_failures
     rec.consecutive_failures = 0
     rec.backoff_until = float("-inf")

@@ -18,7 +18,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gpuletd.scheduler.accounting import gpu_infos
+from gpuletd.scheduler.accounting import (
+    future_view,
+    gpu_infos,
+    grace_due,
+    load_due,
+    reweighed,
+)
 from gpuletd.scheduler.decisions import ModelState
 from gpuletd.scheduler.placement import ceiling_problem, resolve_need
 from gpuletd.scheduler.state import instances
@@ -183,18 +189,25 @@ def _derived_problems(s: Scheduler) -> list[str]:
         st.plan_cache is not None
         or st.wanted_cache is not None
         or st.holding_cache is not None
-        or st.view_cache is not None
         or st.place_cache is not None
         or st.shape_plans is not None
         or st.stuck is not None
     ):
         bad.append("a scheduling pass's memo outlived its pass")
+    view = st.view_cache
+    if view is not None and st.view_at == st.now and reweighed(st, view) != future_view(st):
+        bad.append("the remembered future view disagrees with the records")
     if st.quiet is not None and st.quiet.version != st.version:
         bad.append(f"a quiet pass's record (version {st.quiet.version}) outlived a change")
     if st.holders_cache is not None:
         now_holding = [r for r in instances(st) if r.holds_memory]
         if [id(r) for r in st.holders_cache] != [id(r) for r in now_holding]:
             bad.append("the instances holding memory are remembered wrong")
+    if st.models_due is not None:
+        for rec in instances(st):
+            for t in (load_due(st, rec), grace_due(st, rec)):
+                if t is not None and t < st.models_due:
+                    bad.append(f"{rec.model.id}: due at {t}, before {st.models_due} remembered")
     timers = set(st.lease_timers)
     for le in st.leases.values():
         for t in (le.expires_at, le.claim_by):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 __all__ = ["PendingRequest", "RequestQueue"]
@@ -59,6 +60,8 @@ class RequestQueue:
         # turn order of one priority the arrival order.
         self._priorities: dict[int, int] = {}
         self._deadlined: dict[str, PendingRequest] = {}
+        # Those waiting patiently (`note_patient`), for `timers.next_wakeup`.
+        self._patient: dict[str, PendingRequest] = {}
         self._in_order = True
         self._last: tuple[int, float] | None = None
         # Requests ever added.
@@ -109,6 +112,7 @@ class RequestQueue:
             else:
                 del self._priorities[p]
             self._deadlined.pop(request_id, None)
+            self._patient.pop(request_id, None)
             if not request.joined:
                 self._count_turn(request.model_id, -1)
         return request
@@ -126,6 +130,11 @@ class RequestQueue:
         if request.joined != joined and request.request_id in self._items:
             self._count_turn(request.model_id, -1 if joined else 1)
         request.joined = joined
+
+    def wanted(self) -> AbstractSet[str]:
+        """The models some request waits for a turn for, live and read-only (`wanted_models`
+        copies)."""
+        return self._turns.keys()
 
     def wanted_models(self) -> set[str]:
         """The models some request waits for a turn for."""
@@ -148,6 +157,9 @@ class RequestQueue:
         deadlined = [rid for rid, r in self._items.items() if r.deadline is not None]
         if deadlined != list(self._deadlined):
             bad.append(f"queue: requests with a deadline {list(self._deadlined)} != {deadlined}")
+        patient = {rid for rid, r in self._items.items() if r.patient_until is not None}
+        if patient != set(self._patient):
+            bad.append(f"queue: patient requests {set(self._patient)} != {patient}")
         if self._in_order:
             items = list(self._items.values())
             for a, b in itertools.pairwise(items):
@@ -164,6 +176,15 @@ class RequestQueue:
         if n <= 0:
             return []
         return list(itertools.islice(reversed(self._items.values()), n))[::-1]
+
+    def note_patient(self, request: PendingRequest) -> None:
+        """`request` has begun to wait patiently (its `patient_until` is set)."""
+        if request.request_id in self._items:
+            self._patient[request.request_id] = request
+
+    def patient(self) -> list[PendingRequest]:
+        """The pending requests that have waited patiently (`note_patient`)."""
+        return list(self._patient.values())
 
     def with_deadline(self) -> list[PendingRequest]:
         """The pending requests that have a deadline, in arrival order (as `__iter__`)."""

@@ -133,18 +133,28 @@ class State:
     now: float = float("-inf")
     # Per-pass caches. GPU infos change only with a probe reading or a profile; plans (without
     # hypothesis) and the set of models someone waits for are memoised during one scheduling
-    # pass only, and every transition clears them (`accounting.changed`).
+    # pass only, and every transition clears them (`accounting.changed`; a benign one,
+    # `accounting.touched`, clears the plans only if its model's candidate changed).
     gpu_info_cache: list[GpuInfo] | None = None
     plan_cache: dict[tuple[str, bool], Plan | None] | None = None
     wanted_cache: set[str] | None = None
-    # Also memoised within one pass only, and cleared by every transition: what holds memory
-    # (`accounting.holding`) and the future view without a hypothesis. Outside a pass they are
-    # recomputed on each question, since the event handlers change records between passes.
+    # Also memoised within one pass only, and cleared by every transition but the benign ones
+    # (which take and free no memory): what holds memory (`accounting.holding`). Outside a
+    # pass it is recomputed on each question, since the event handlers change records between
+    # passes.
     holding_cache: Holding | None = None
+    # The future view without a hypothesis, made by a pass at `view_at` and good while the
+    # clock stays there: cleared by every transition but the benign ones, which (as a new
+    # request) only reweigh their model's candidate in it (`accounting.reweigh`). A full pass
+    # starts without it (a handler may have changed records without a transition); a quiet
+    # one keeps it, since only transitions and new requests came since the last pass.
     view_cache: FutureView | None = None
+    view_at: float = float("nan")
+    # Instances whose candidate in `view_cache` is to be made again before it is read, by id.
+    view_stale: dict[str, ModelRecord] = field(default_factory=dict)
     # Within a pass, answers that depend only on the shape of a need (`accounting._shape`),
     # not on which model it is: where it would start now, and the victim search's answer when
-    # it is "no room at all" or "room without evicting". Cleared with the memos above.
+    # it is "no room at all" or "room without evicting". Cleared with `holding_cache`.
     place_cache: dict[tuple[object, ...], tuple[str, ...] | None] | None = None
     shape_plans: dict[tuple[object, ...], Plan | None] | None = None
     # Shapes (with "footprint measured") whose request this pass found no way to move on:
@@ -152,10 +162,10 @@ class State:
     stuck: set[tuple[object, ...]] | None = None
     # (time, lease id) for every lease's expiry and claim deadline, earliest first, so that an
     # event need not look at every lease; an entry whose lease ended or moved is dropped when
-    # it comes up (`timers.advance`). See `watch_lease`.
+    # it comes up (`timers.advance`, `timers.next_wakeup`). See `watch_lease`.
     lease_timers: list[tuple[float, str]] = field(default_factory=list)
-    # Bumped by every transition (`accounting.changed`): a pass that sees it unchanged from
-    # its start changed no record.
+    # Bumped by every transition (`accounting.changed`, `accounting.touched`): a pass that
+    # sees it unchanged from its start changed no record.
     version: int = 0
     # Of those, the ones that give no waiting request a way forward: grants and joins of a
     # load under way (no memory taken or freed; they pin a model, which only takes victims
@@ -168,6 +178,11 @@ class State:
     holders_cache: list[ModelRecord] | None = None
     # What a quiet pass left for the next (`admission.settle`), or None.
     quiet: Quiet | None = None
+    # No load timeout or grace unload falls due before this time, so `timers.advance` need
+    # not walk the models until it has come (None: not known). Set by that walk; a lower
+    # bound that every transition that may bring a due time forward clears
+    # (`accounting.changed`, and a load becoming healthy).
+    models_due: float | None = None
 
 
 @dataclass(frozen=True)
@@ -235,9 +250,11 @@ def drop_caches(st: State) -> None:
     st.gpu_info_cache = None
     st.plan_cache = st.wanted_cache = None
     st.holding_cache = st.view_cache = None
+    st.view_stale.clear()
     st.place_cache = st.shape_plans = st.stuck = None
     st.quiet = None
     st.holders_cache = None
+    st.models_due = None
     watch_leases(st)
     for rec in instances(st):
         rec.need_memo = None

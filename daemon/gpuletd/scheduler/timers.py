@@ -6,6 +6,7 @@ of its due time."""
 from __future__ import annotations
 
 import heapq
+import math
 
 from gpuletd.probe.types import GpuState
 from gpuletd.profiles import IdleUnload
@@ -69,10 +70,18 @@ def advance(st: State) -> list[Decision]:
                 f"model {req.model_id}"
             )
             refuse(st, req, RejectCode.DEADLINE_EXCEEDED, RejectReason.DEADLINE, message, out)
-    # (Filtered first: these walk every model on every event.)
-    for rec in [r for r in holders(st) if r.state is ModelState.LOADING]:
-        due = load_due(st, rec)
-        if due is not None and now >= due:
+    # The models are walked only once one of their times may have come (`State.models_due`):
+    # most events find none due, and every model holding memory would be looked at.
+    walk = st.models_due is None or now >= st.models_due
+    later = math.inf
+    if walk:
+        for rec in [r for r in holders(st) if r.state is ModelState.LOADING]:
+            due = load_due(st, rec)
+            if due is None:
+                continue
+            if now < due:
+                later = min(later, due)
+                continue
             message = (
                 f"model {rec.model.id} did not become healthy within {autostart_s(st, rec):g} s"
             )
@@ -82,16 +91,25 @@ def advance(st: State) -> list[Decision]:
             stop(st, rec, StopReason.LOAD_TIMEOUT, message, out)
     settle = st.tuning.memory_settle_s
     for g in st.gpus.values():
+        if not g.pending:
+            continue
         kept = [p for p in g.pending if p.at + settle > now]
         if len(kept) != len(g.pending):
             # Freed memory now counts as back: what the last pass concluded may no longer hold.
             changed(st)
         g.pending = kept
-    for rec in [r for r in holders(st) if r.state is ModelState.LOADED]:
-        due = grace_due(st, rec)
-        if due is not None and now >= due:
+    if walk:
+        for rec in [r for r in holders(st) if r.state is ModelState.LOADED]:
+            due = grace_due(st, rec)
+            if due is None:
+                continue
+            if now < due:
+                later = min(later, due)
+                continue
             message = f"idle for {grace_s(st, rec):g} s (grace period)"
             stop(st, rec, StopReason.GRACE_EXPIRED, message, out)
+        # (Acting on one model moves no other's times.)
+        st.models_due = later
     if st.profile.idle_unload is IdleUnload.PRESSURE:
         foreign_pressure(st, out)
     return out
@@ -135,21 +153,22 @@ def foreign_pressure(st: State, out: list[Decision]) -> None:
 
 def next_wakeup(st: State) -> float | None:
     """The earliest time at which `tick` would do something; None when nothing is timed.
-    The shell sleeps until then (or until the next event)."""
-    times: list[float] = [le.expires_at for le in st.leases.values()]
-    times.extend(le.claim_by for le in st.leases.values() if le.claim_by is not None)
-    wanted = set()
-    for q in st.queue:
-        if q.deadline is not None:
-            times.append(q.deadline)
-        if not q.joined:
-            wanted.add(q.model_id)
-            if q.patient_until is not None and q.patient_until > st.now:
-                times.append(q.patient_until)
-    for r in instances(st):
+    The shell sleeps until then (or until the next event). Asked after every event, so it
+    walks neither the leases nor the queue, which may hold thousands."""
+    times: list[float] = []
+    lease_at = _next_lease_time(st)
+    if lease_at is not None:
+        times.append(lease_at)
+    times.extend(q.deadline for q in st.queue.with_deadline() if q.deadline is not None)
+    for q in st.queue.patient():
+        if not q.joined and q.patient_until is not None and q.patient_until > st.now:
+            times.append(q.patient_until)
+    for r in holders(st):
         for t in (load_due(st, r), grace_due(st, r)):
             if t is not None:
                 times.append(t)
+    wanted = st.queue.wanted()
+    for r in instances(st):
         if r.backoff_until > st.now and (r.model.id in wanted or r.model.id in st.preload_wanted):
             times.append(r.backoff_until)
     settle = st.tuning.memory_settle_s
@@ -159,3 +178,17 @@ def next_wakeup(st: State) -> float | None:
     if reorder is not None:
         times.append(reorder)
     return min(times) if times else None
+
+
+def _next_lease_time(st: State) -> float | None:
+    """The earliest expiry or claim deadline of a live lease: the top of `lease_timers` once
+    the entries of leases ended or moved since are dropped (every live lease's times are
+    there, `state.watch_lease`)."""
+    timers = st.lease_timers
+    while timers:
+        t, lid = timers[0]
+        le = st.leases.get(lid)
+        if le is not None and (le.expires_at == t or le.claim_by == t):
+            return t
+        heapq.heappop(timers)
+    return None

@@ -7,7 +7,7 @@ core did).
 
 from __future__ import annotations
 
-from gpuletd.scheduler.accounting import changed, held_on
+from gpuletd.scheduler.accounting import changed, held_on, touched
 from gpuletd.scheduler.decisions import (
     Decision,
     Granted,
@@ -71,17 +71,14 @@ def start_load(
 
 
 def join(st: State, req: PendingRequest, rec: ModelRecord, out: list[Decision]) -> None:
-    changed(st)
-    st.benign += 1
     st.queue.set_joined(req, True)
     req.position = None
     rec.waiters.append(req.request_id)
+    touched(st, rec)
     out.append(Loading(req.request_id, rec.model.id, rec.gpu_uuids))
 
 
 def grant(st: State, req: PendingRequest, rec: ModelRecord, out: list[Decision]) -> None:
-    changed(st)
-    st.benign += 1
     st.queue.remove(req.request_id)
     lease = LeaseRecord(
         lease_id=req.request_id,
@@ -101,6 +98,7 @@ def grant(st: State, req: PendingRequest, rec: ModelRecord, out: list[Decision])
     rec.leases[lease.lease_id] = lease
     rec.exclusive_leases += lease.exclusive
     rec.idle_since = None
+    touched(st, rec)
     out.append(
         Granted(
             lease.lease_id,
@@ -147,7 +145,6 @@ def fail_waiters(st: State, rec: ModelRecord, message: str, out: list[Decision])
 def end_lease(
     st: State, lease: LeaseRecord, reason: LeaseEndReason, message: str, out: list[Decision]
 ) -> None:
-    changed(st)
     del st.leases[lease.lease_id]
     rec = instance(st, lease.model_id)
     assert rec is not None, f"lease {lease.lease_id} on {lease.model_id}, which has no record"
@@ -156,7 +153,9 @@ def end_lease(
         rec.exclusive_leases -= held.exclusive
     if rec.leases and not lease.exclusive:
         # Still pinned by the others, and no exclusivity gone: nothing waiting can move on.
-        st.benign += 1
+        touched(st, rec)
+    else:
+        changed(st)
     st.ended[lease.lease_id] = f"{reason.value}: {message}"
     while len(st.ended) > st.tuning.ended_lease_memory:
         st.ended.popitem(last=False)
