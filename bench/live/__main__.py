@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from bench.live import traces
-from bench.live.report import LIVE_LEGEND, format_live
+from bench.live.report import LIVE_LEGEND, format_live, format_seeds
 from bench.live.results import LiveResult, summarise
 from bench.policies import OfflineBound, VramdLike, gpulet_build
 from bench.replay import Contender, replay
@@ -20,6 +20,9 @@ from bench.workloads import Workload
 from gpuletd.profiles import BUILTIN_PROFILES, Bias, IdleUnload, Profile, Strategy
 
 _VRAMD_RECYCLE_JOBS = 12
+# Seeds of the Zipf mix other than the live one (21), in the pure core only: how much of a
+# result on one seed is the seed.
+ZIPF_SEEDS = range(100, 140)
 
 __all__ = [
     "live_profile",
@@ -129,6 +132,13 @@ def run_live(
             continue
         g, v, extra = run_trace(w, vramd=vramd, as_shipped=as_shipped)
         print(format_live(w, g, v, extra, simulated(w)) + "\n", flush=True)
+    if not quick and (not only or "zipf" in only):
+        runs = [simulated(traces.zipf_mix(seed=s)) for s in ZIPF_SEEDS]
+        title = (
+            f"Zipf mix on {len(ZIPF_SEEDS)} other seeds ({ZIPF_SEEDS.start}-"
+            f"{ZIPF_SEEDS.stop - 1}), pure core only"
+        )
+        print(format_seeds(title, runs) + "\n", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

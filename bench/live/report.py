@@ -8,7 +8,7 @@ from bench.live.results import LiveResult
 from bench.sim import RunResult
 from bench.workloads import Workload
 
-__all__ = ["LIVE_LEGEND", "format_live"]
+__all__ = ["LIVE_LEGEND", "format_live", "format_seeds"]
 
 LIVE_LEGEND = """\
 Real-daemon replay: gpuletd (subprocess, process backends) and vramd 0.3.9 (PyPI, unmodified,
@@ -97,3 +97,30 @@ def format_live(
         for e in r.errors:
             lines.append(f"   {r.system} refused: {e[:150]}")
     return "\n".join(lines)
+
+
+def format_seeds(title: str, runs: Sequence[Sequence[RunResult]]) -> str:
+    """gpulet's load seconds and mean wait as ratios to the vramd-like emulation's, and the
+    offline bound's, over many seeds of one trace (each item: one seed's simulated results,
+    gpulet first, then the emulation, then the bound)."""
+    load = sorted(g.load_s / v.load_s for g, v, _b in runs)
+    wait = sorted(g.wait_mean_s / v.wait_mean_s for g, v, _b in runs)
+    bound = sorted(b.load_s / v.load_s for _g, v, b in runs)
+
+    def total(i: int) -> float:
+        return sum(r[i].load_s for r in runs)
+
+    def spread(xs: Sequence[float]) -> str:
+        return f"median {xs[len(xs) // 2]:.2f}x ({xs[0]:.2f}-{xs[-1]:.2f})"
+
+    return "\n".join(
+        [
+            f"== {title}",
+            f"   gpulet / vramd-like, load s: all seeds together {total(0) / total(1):.2f}x, "
+            f"per seed {spread(load)}, at most 0.8x on {sum(x <= 0.8 for x in load)} of "
+            f"{len(load)}",
+            f"   gpulet / vramd-like, mean wait: per seed {spread(wait)}",
+            f"   offline bound / vramd-like, load s: all seeds together "
+            f"{total(2) / total(1):.2f}x, per seed {spread(bound)}",
+        ]
+    )

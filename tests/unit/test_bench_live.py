@@ -17,6 +17,7 @@ from bench.core_scale import measure_scale
 from bench.live import traces
 from bench.live.__main__ import live_profile, recycles, simulated, without_spawn
 from bench.live.gpulet_side import PROFILE, config_toml
+from bench.live.report import format_seeds
 from bench.live.results import grant_lags, summarise
 from bench.live.vramd_side import backends_yaml
 from tests.helpers import run_daemon_once
@@ -181,3 +182,13 @@ def test_the_scale_benchmark_holds_the_queue_at_its_length() -> None:
     r = measure_scale(40, models=30, gpus=2, events=60, fill_budget_s=60, steady_budget_s=60)
     assert r.reached and r.queued == r.queue_at_end == 40
     assert r.events >= 60 and r.rate > 0
+
+
+def test_the_seed_summary_reports_the_ratios_of_every_seed() -> None:
+    runs = [simulated(traces.zipf_mix(2, 5, seed=s)) for s in (1, 2, 3)]
+    text = format_seeds("three seeds", runs)
+    total = sum(r[0].load_s for r in runs) / sum(r[1].load_s for r in runs)
+    per_seed = sorted(r[0].load_s / r[1].load_s for r in runs)
+    assert f"all seeds together {total:.2f}x" in text
+    assert f"median {per_seed[1]:.2f}x ({per_seed[0]:.2f}-{per_seed[2]:.2f})" in text
+    assert f"at most 0.8x on {sum(x <= 0.8 for x in per_seed)} of 3" in text

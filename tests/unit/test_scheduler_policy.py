@@ -255,9 +255,10 @@ TRIO_PROFILE = dataclasses.replace(
     BUILTIN_PROFILES["balanced_24gb"], max_concurrent_models=3, headroom_mb=512
 )
 TRIO = {m.id: m for m in (model("llm", 9000), model("tts", 3000), model("img", 6000))}
-# Patience counts reloads expected within 10 minutes: with two models each asked for once so
-# far, evicting the LLM (20 s to load) rather than the TTS (7 s) is worth waiting 13 s for.
-PATIENT = Tuning(patience_horizon_s=600.0)
+# Patience counts every reload expected within the next 1000 requests as certain: with two
+# models each asked for once so far, evicting the LLM (20 s to load) rather than the TTS (7 s)
+# is worth waiting 13 s for.
+PATIENT = Tuning(patience_horizon_requests=1000)
 
 
 def _trio(s: Scheduler) -> None:
@@ -280,6 +281,28 @@ def test_patience_waits_for_a_cheaper_victim_whose_lease_is_ending() -> None:
     entry = next(q for q in s.queue() if q.request_id == "i")
     assert entry.patient_until == 53.0
     ok(s)
+    out = s.release("t", now=45.0)
+    assert [x.model_id for x in of(out, StopBackend)] == ["tts"]
+    assert loaded(s) == {"llm"}
+    ok(s)
+
+
+def test_patience_waits_for_a_load_under_way_whose_lease_will_end() -> None:
+    # The TTS is still loading for its client when the image model is asked for: once loaded,
+    # granted and released it is the cheaper victim (a ~6 s reload, never measured, against
+    # the LLM's measured 20 s), so the image request waits for that rather than evict the LLM.
+    s = Scheduler(TRIO_PROFILE, TRIO, [snap(0, 16384)], tuning=PATIENT)
+    s.start(0.0)
+    s.request("l", "llm", now=0.0)
+    s.load_succeeded("llm", now=20.0)
+    s.release("l", now=25.0)
+    s.request("t", "tts", now=30.0)
+    out = s.request("i", "img", now=32.0)
+    assert of(out, StopBackend) == []
+    entry = next(q for q in s.queue() if q.request_id == "i")
+    assert entry.patient_until is not None and entry.patient_until > 45.0
+    ok(s)
+    assert [g.lease_id for g in of(s.load_succeeded("tts", now=37.0), Granted)] == ["t"]
     out = s.release("t", now=45.0)
     assert [x.model_id for x in of(out, StopBackend)] == ["tts"]
     assert loaded(s) == {"llm"}

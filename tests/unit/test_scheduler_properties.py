@@ -673,7 +673,7 @@ def test_a_patient_request_evicts_by_its_bound_if_nothing_cheaper_came(
         prof,
         models,
         [snapshot(0, 24576, at=0.0)],
-        tuning=Tuning(patience_max_s=patience, patience_horizon_s=600.0),
+        tuning=Tuning(patience_max_s=patience, patience_horizon_requests=1000),
     )
     s.start(0.0)
     now = 0.0

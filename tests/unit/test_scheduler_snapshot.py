@@ -316,3 +316,18 @@ def test_learnt_footprints_size_the_next_load() -> None:
     s.start(0.0)
     assert mv(s, "a").reservation_mb == 6300 and mv(s, "a").load_seconds == 12.0
     assert one(s.request("r1", "a", now=1.0), StartBackend).reservation_mb == 6300
+
+
+def test_a_snapshot_from_before_reuse_was_counted_in_requests_restores() -> None:
+    # State files written by an earlier gpuletd: gaps in seconds, no request numbers. When
+    # each model was last asked for is kept; its pattern starts afresh.
+    s = busy_core()
+    old = json_round_trip(s.snapshot())
+    for m in old["models"]:
+        m["usage"] = {"last_at": m["usage"]["last_at"], "mean_gap": 2.5, "mean_dev": 1.0}
+    del old["last_request_at"], old["pace_s"]
+    r = Scheduler.restore(old, s.profile, REG, GPUS_96, now=3609.0)
+    ok(r)
+    usage = {m["definition"]["id"]: m["usage"] for m in r.snapshot()["models"]}
+    assert usage["a"]["last_at"] == 3.0 and usage["a"]["gaps"] == 0
+    assert usage["a"]["mean_gap"] is None and usage["a"]["last_seq"] == old["seq"]

@@ -23,7 +23,14 @@ from gpuletd.probe.types import GpuState
 from gpuletd.profiles import IdleUnload
 from gpuletd.registry import Backend
 from gpuletd.scheduler.decisions import ModelState
-from gpuletd.scheduler.eviction import Candidate, FutureView, Plan, plan_room, reload_cost
+from gpuletd.scheduler.eviction import (
+    Candidate,
+    FutureView,
+    Plan,
+    Population,
+    plan_room,
+    reload_cost,
+)
 from gpuletd.scheduler.placement import (
     CeilingProblem,
     GpuInfo,
@@ -286,7 +293,23 @@ def reuse_per_s(st: State, rec: ModelRecord, wanted: Container[str]) -> float:
     # Someone already waits for it: it will be needed again at once.
     if rec.model.id in wanted:
         return 1.0
-    return 1.0 / rec.usage.seconds_to_next(st.now)
+    return 1.0 / rec.usage.seconds_to_next(st.seq, reuse_population(st))
+
+
+def reuse_population(st: State) -> Population:
+    """The reuse prior for models with little history, aged by the time since the last
+    request (the same until the clock or the request number moves)."""
+    memo = st.population_memo
+    if memo is not None and memo[0] == st.now and memo[1] == st.seq:
+        return memo[2]
+    # A burst of requests at one instant has no pace: count it as a millisecond apart.
+    pace = max(st.pace_s, 1e-3) if st.pace_s is not None else 1.0
+    quiet = 0.0
+    if st.last_request_at is not None:
+        quiet = max(0.0, st.now - st.last_request_at) / pace
+    pop = st.reuse_tally.population(pace, quiet)
+    st.population_memo = (st.now, st.seq, pop)
+    return pop
 
 
 def load_estimate_s(st: State, rec: ModelRecord) -> float:
@@ -313,7 +336,7 @@ def future_view(st: State, hypo: Hypothesis | None = None) -> FutureView:
     if base is None:
         base = _future_view(st)
         if st.plan_cache is not None:
-            st.view_cache, st.view_at = base, st.now
+            st.view_cache, st.view_at = base, (st.now, st.seq)
             st.view_stale.clear()
     if hypo is None or (hypo.added_id is None and not hypo.removed):
         return base
@@ -519,9 +542,10 @@ def reweighed(st: State, view: FutureView) -> FutureView:
 
 
 def _remembered_view(st: State) -> FutureView | None:
-    """`State.view_cache` brought up to date, or None when there is none for this clock."""
+    """`State.view_cache` brought up to date, or None when there is none for this clock and
+    request count."""
     view = st.view_cache
-    if view is None or st.view_at != st.now:
+    if view is None or st.view_at != (st.now, st.seq):
         return None
     if st.view_stale:
         fresh = reweighed(st, view)

@@ -20,7 +20,8 @@ scheduler uses to protect the head of the queue from being starved. See docs/sch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gpuletd.scheduler.placement import Need, best_fit
@@ -29,68 +30,200 @@ __all__ = [
     "Candidate",
     "FutureView",
     "Plan",
+    "Population",
     "ReuseEstimator",
+    "ReuseTally",
     "choose_victims",
     "plan_room",
     "reload_cost",
 ]
 
 
-class ReuseEstimator:
-    """When will this model be asked for next? Learnt from the times of its requests.
+@dataclass(frozen=True)
+class Population:
+    """What the models asked for twice or more say about the rest (the prior for a model
+    with little history): their typical gap between requests, counted in requests, and how
+    irregular such gaps are (0: like clockwork, 1: as random as Poisson arrivals)."""
 
-    Keeps a smoothed mean gap between requests (frequency) and a smoothed deviation of the
-    gaps (regularity), and the time since the last request (recency):
+    mean_gap: float | None
+    irregularity: float
+    # Seconds per request lately, and how many requests' worth of time has passed since the
+    # last one: a quiet spell ages every model alike.
+    pace_s: float
+    quiet: float = 0.0
+
+
+# The mean absolute deviation of exponential gaps (Poisson arrivals) from their mean, as a
+# fraction of it (2/e): what "as irregular as random arrivals" measures as.
+_POISSON_DEVIATION = 2 / math.e
+
+
+class ReuseEstimator:
+    """When will this model be asked for next? Learnt from its requests, counted in requests
+    to the daemon (the request number), not in seconds: a gap of "three other requests" stays
+    the same whether those requests waited for loads or not, so a cyclic scan or a pipeline
+    looks as regular as it is.
+
+    Keeps a smoothed mean gap (frequency), a smoothed deviation of the gaps (regularity) and
+    the requests since the last one (recency):
 
     - irregular requests (deviation ~ mean, as Poisson arrivals): expect the next one a mean
       gap from now, whatever the time since the last;
     - regular requests (deviation ~ 0, a pipeline stage or a cyclic scan): expect the next one
       a mean gap after the *last* one, so the model used longest ago is the one due soonest
       (the case where LRU evicts exactly the wrong model);
-    - overdue well past the pattern, or asked for only once: expect it no sooner than it has
-      already been away (and, never seen twice, no sooner than `unknown_s`).
+    - one gap says nothing about its own regularity: take the population's (`Population`);
+    - asked once: the population's pattern, as far as the population is regular, else
+      `unknown_s` after its request (also when no model was asked twice yet);
+    - overdue well past the pattern: expect it no sooner than it has already been away.
     """
 
-    __slots__ = ("_alpha", "_last_at", "_mean_dev", "_mean_gap", "_unknown_s")
+    __slots__ = ("_alpha", "_gaps", "_last_at", "_last_seq", "_mean_dev", "_mean_gap", "_unknown_s")
 
     def __init__(self, *, alpha: float = 0.3, unknown_s: float = 600.0) -> None:
         self._alpha = alpha
         self._unknown_s = unknown_s
         self._last_at: float | None = None
+        self._last_seq: int | None = None
         self._mean_gap: float | None = None
         self._mean_dev = 0.0
+        self._gaps = 0
 
-    def observe(self, now: float) -> None:
-        if self._last_at is not None:
-            gap = max(0.0, now - self._last_at)
+    def observe(self, now: float, seq: int) -> None:
+        if self._last_seq is not None:
+            gap = float(max(0, seq - self._last_seq))
             if self._mean_gap is None:
-                # One gap says nothing about regularity: start by assuming none.
-                self._mean_gap, self._mean_dev = gap, gap
+                self._mean_gap, self._mean_dev = gap, 0.0
             else:
                 a = self._alpha
                 self._mean_dev = a * abs(gap - self._mean_gap) + (1 - a) * self._mean_dev
                 self._mean_gap = a * gap + (1 - a) * self._mean_gap
+            self._gaps = min(self._gaps + 1, 2)
+        self._last_seq = seq if self._last_seq is None else max(self._last_seq, seq)
         self._last_at = now if self._last_at is None else max(self._last_at, now)
 
-    def state(self) -> tuple[float | None, float | None, float]:
-        """What it has learnt: (last request time, smoothed gap, smoothed deviation)."""
-        return self._last_at, self._mean_gap, self._mean_dev
+    def state(self) -> tuple[float | None, int | None, float | None, float, int]:
+        """What it has learnt: (last request time, its request number, smoothed gap, smoothed
+        deviation, gaps seen up to 2)."""
+        return self._last_at, self._last_seq, self._mean_gap, self._mean_dev, self._gaps
 
-    def set_state(self, last_at: float | None, mean_gap: float | None, mean_dev: float) -> None:
+    def set_state(
+        self,
+        last_at: float | None,
+        last_seq: int | None,
+        mean_gap: float | None,
+        mean_dev: float,
+        gaps: int,
+    ) -> None:
         """Resume from `state()` (after a restart; times already on the new clock)."""
-        self._last_at, self._mean_gap, self._mean_dev = last_at, mean_gap, mean_dev
+        self._last_at, self._last_seq = last_at, last_seq
+        self._mean_gap, self._mean_dev, self._gaps = mean_gap, mean_dev, gaps
 
-    def seconds_to_next(self, now: float) -> float:
-        if self._last_at is None:
+    def pattern(self) -> tuple[float, float] | None:
+        """(mean gap, irregularity) once asked for three times or more: what the population
+        prior is made of."""
+        if self._gaps < 2 or self._mean_gap is None:
+            return None
+        return self._mean_gap, self._irregularity(self._mean_gap)
+
+    def first_gap(self) -> float | None:
+        return self._mean_gap if self._gaps == 1 else None
+
+    def _irregularity(self, mean: float) -> float:
+        return min(1.0, self._mean_dev / (_POISSON_DEVIATION * max(mean, 1e-3)))
+
+    def seconds_to_next(self, seq: int, pop: Population) -> float:
+        if self._last_seq is None:
             return self._unknown_s
-        since = max(0.0, now - self._last_at)
-        if self._mean_gap is None:
-            return max(since, self._unknown_s)
-        mean = max(self._mean_gap, 1e-3)
-        irregular = min(1.0, self._mean_dev / mean)
-        if since > mean * (1.5 + 2 * irregular):
-            return since
-        return max(mean - (1 - irregular) * since, 0.05 * mean, 0.5)
+        since = max(0, seq - self._last_seq) + pop.quiet
+        if self._mean_gap is not None:
+            mean = max(self._mean_gap, 1e-3)
+            irregular = pop.irregularity if self._gaps < 2 else self._irregularity(mean)
+            return _expected(mean, irregular, since) * pop.pace_s
+        # Asked once. With nothing to go on, all such models look alike but for when they
+        # were asked, and reading that as a shared long period keeps the ones due back
+        # soonest.
+        unknown = max(self._unknown_s - since * pop.pace_s, since * pop.pace_s)
+        if pop.mean_gap is None:
+            return unknown
+        # Where models keep a rhythm (a scan), a newcomer likely keeps it too; where they do
+        # not (a Zipf mix), one asked once is more likely one of the rare ones than one like
+        # the models seen often, whose gaps make the prior: trust it only as far as the
+        # population is regular.
+        prior = _expected(pop.mean_gap, pop.irregularity, since) * pop.pace_s
+        return (1 - pop.irregularity) * prior + pop.irregularity * unknown
+
+
+def _expected(mean: float, irregular: float, since: float) -> float:
+    """Requests until the next one, for a pattern of `mean` gap and `irregular`ity, `since`
+    requests after the last."""
+    if since > mean * (1.5 + 2 * irregular):
+        return since
+    return max(mean - (1 - irregular) * since, 0.05 * mean, 0.5)
+
+
+@dataclass
+class ReuseTally:
+    """Running sums over every model's reuse pattern, kept as each request updates one, so
+    that the population prior costs nothing per question.
+
+    The prior for models with little history: the mean gap of the models asked for three
+    times or more and their mean irregularity; failing two such models, the models asked
+    twice, whose irregularity is read from how alike their gaps are (a scan's are all the
+    same); failing two of those, none. One model is no population: its own habit says
+    nothing about the others'."""
+
+    patterns: int = 0
+    pattern_gaps: float = 0.0
+    pattern_irregularity: float = 0.0
+    firsts: int = 0
+    first_gaps: float = 0.0
+    first_gaps_sq: float = 0.0
+
+    @classmethod
+    def of(cls, estimators: Iterable[ReuseEstimator]) -> ReuseTally:
+        tally = cls()
+        for e in estimators:
+            tally.count(e, 1)
+        return tally
+
+    def count(self, e: ReuseEstimator, sign: int) -> None:
+        """Add (1) or take away (-1) what `e` says now."""
+        p = e.pattern()
+        if p is not None:
+            self.patterns += sign
+            self.pattern_gaps += sign * p[0]
+            self.pattern_irregularity += sign * p[1]
+        elif (g := e.first_gap()) is not None:
+            self.firsts += sign
+            self.first_gaps += sign * g
+            self.first_gaps_sq += sign * g * g
+
+    def population(self, pace_s: float, quiet: float) -> Population:
+        if self.patterns >= 2:
+            n = self.patterns
+            return Population(
+                self.pattern_gaps / n, min(1.0, self.pattern_irregularity / n), pace_s, quiet
+            )
+        if self.firsts >= 2:
+            # How alike they are: the spread of exponential gaps equals their mean.
+            n = self.firsts
+            gap = self.first_gaps / n
+            spread = max(0.0, self.first_gaps_sq / n - gap * gap) ** 0.5
+            return Population(gap, min(1.0, spread / max(gap, 1e-3)), pace_s, quiet)
+        return Population(None, 1.0, pace_s, quiet)
+
+    def differs(self, other: ReuseTally) -> bool:
+        """Not the same counts, or sums apart by more than rounding."""
+        if (self.patterns, self.firsts) != (other.patterns, other.firsts):
+            return True
+        pairs = (
+            (self.pattern_gaps, other.pattern_gaps),
+            (self.pattern_irregularity, other.pattern_irregularity),
+            (self.first_gaps, other.first_gaps),
+            (self.first_gaps_sq, other.first_gaps_sq),
+        )
+        return any(abs(a - b) > 1e-6 * max(1.0, abs(a), abs(b)) for a, b in pairs)
 
 
 def reload_cost(load_seconds: float, reuse_per_s: float) -> float:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from gpuletd.probe.types import GpuSnapshot, GpuState
 from gpuletd.profiles import Strategy
-from gpuletd.scheduler.accounting import ceiling, changed, held_on, in_flux, reweigh
+from gpuletd.scheduler.accounting import ceiling, changed, held_on, in_flux
 from gpuletd.scheduler.admission import settle
 from gpuletd.scheduler.decisions import (
     Decision,
@@ -196,8 +196,11 @@ def on_request(
         settle(st, out)
         return out
     rec = st.models[model_id]
-    rec.usage.observe(now)
+    _keep_pace(st, now)
     st.seq += 1
+    st.reuse_tally.count(rec.usage, -1)
+    rec.usage.observe(now, st.seq)
+    st.reuse_tally.count(rec.usage, 1)
     st.queue.add(
         PendingRequest(
             request_id=request_id,
@@ -213,7 +216,6 @@ def on_request(
             claim_within_s=claim_within_s,
         )
     )
-    reweigh(st, rec)
     settle(st, out, quiet_ok=True)
     return out
 
@@ -475,3 +477,13 @@ def on_probe(st: State, readings: Sequence[GpuSnapshot], *, now: float) -> list[
     st.gpu_info_cache = None
     settle(st, out)
     return out
+
+
+def _keep_pace(st: State, now: float) -> None:
+    """Smooth the seconds between requests (to anyone): what turns a reuse pattern counted in
+    requests into seconds."""
+    if st.last_request_at is not None:
+        gap = max(0.0, now - st.last_request_at)
+        a = st.tuning.reuse_alpha
+        st.pace_s = gap if st.pace_s is None else a * gap + (1 - a) * st.pace_s
+    st.last_request_at = now if st.last_request_at is None else max(st.last_request_at, now)

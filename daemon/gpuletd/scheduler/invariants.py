@@ -23,9 +23,11 @@ from gpuletd.scheduler.accounting import (
     gpu_infos,
     grace_due,
     load_due,
+    reuse_population,
     reweighed,
 )
 from gpuletd.scheduler.decisions import ModelState
+from gpuletd.scheduler.eviction import ReuseTally
 from gpuletd.scheduler.placement import ceiling_problem, resolve_need
 from gpuletd.scheduler.state import instances
 
@@ -195,7 +197,8 @@ def _derived_problems(s: Scheduler) -> list[str]:
     ):
         bad.append("a scheduling pass's memo outlived its pass")
     view = st.view_cache
-    if view is not None and st.view_at == st.now and reweighed(st, view) != future_view(st):
+    here = st.view_at == (st.now, st.seq)
+    if view is not None and here and reweighed(st, view) != future_view(st):
         bad.append("the remembered future view disagrees with the records")
     if st.quiet is not None and st.quiet.version != st.version:
         bad.append(f"a quiet pass's record (version {st.quiet.version}) outlived a change")
@@ -208,6 +211,13 @@ def _derived_problems(s: Scheduler) -> list[str]:
             for t in (load_due(st, rec), grace_due(st, rec)):
                 if t is not None and t < st.models_due:
                     bad.append(f"{rec.model.id}: due at {t}, before {st.models_due} remembered")
+    if st.reuse_tally.differs(ReuseTally.of(r.usage for r in st.models.values())):
+        bad.append(f"the models' reuse patterns are summed up wrong: {st.reuse_tally}")
+    memo = st.population_memo
+    if memo is not None and memo[:2] == (st.now, st.seq):
+        st.population_memo = None
+        if reuse_population(st) != memo[2]:
+            bad.append(f"the reuse prior is remembered wrong: {memo[2]}")
     timers = set(st.lease_timers)
     for le in st.leases.values():
         for t in (le.expires_at, le.claim_by):

@@ -1,16 +1,19 @@
 """Patience: hold off an eviction for a while when a cheaper one is on its way (ski rental).
 
 A request that can be served only by evicting idle models pays, later, for loading them again.
-Sometimes a cheaper set of victims is about to become idle: a model whose lease is still held
-(nobody else waits for it) and that would be cheaper to bring back. Waiting for it costs the
-request time; evicting now costs reload time. Like renting skis before buying them, the request
-waits at most about what the eviction would cost, then evicts:
+Sometimes a cheaper set of victims is about to become idle: a model whose lease is still held,
+or whose load is under way for the requests that joined it (nobody else waits for it), and that
+would be cheaper to bring back. Waiting for it costs the request time; evicting now costs
+reload time. Like renting skis before buying them, the request waits at most about what the
+eviction would cost, then evicts:
 
     saving = reload seconds expected of the victims now - of the cheaper victims on their way
     patience = min(saving, patience_max_s, (deadline - now - its own load time) / 2)
 
-where a victim's expected reload seconds are its load time x min(1, horizon x its expected
-requests per second): the chance, roughly, that it is wanted again within `patience_horizon_s`.
+where a victim's expected reload seconds are its load time x min(1, N / the requests to the
+daemon expected before its next one): the chance, roughly, that it is wanted again within the
+next N = `patience_horizon_requests` requests (1 for a model someone waits for). Counted in
+requests, the horizon fits a daemon with a request a second as well as one a minute.
 Whatever happens, the wait is at most twice what the better choice in hindsight would have
 cost (the ski-rental bound): if the lease ends in time, the cheaper victims go; if not, the
 request has waited no longer than the eviction it then makes costs.
@@ -25,7 +28,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from gpuletd.scheduler.accounting import future_view, load_estimate_s, need, reuse_per_s, wanted
+from gpuletd.scheduler.accounting import (
+    future_view,
+    load_estimate_s,
+    need,
+    reuse_per_s,
+    reuse_population,
+    wanted,
+)
+from gpuletd.scheduler.decisions import ModelState
 from gpuletd.scheduler.eviction import Candidate, plan_room
 from gpuletd.scheduler.queue import PendingRequest
 from gpuletd.scheduler.records import ModelRecord
@@ -38,13 +49,20 @@ def _expected_reload_s(st: State, model_id: str, want: set[str]) -> float:
     rec = instance(st, model_id)
     if rec is None:
         return 0.0
-    chance = min(1.0, st.tuning.patience_horizon_s * reuse_per_s(st, rec, want))
+    if model_id in want:
+        chance = 1.0
+    else:
+        # Seconds per request times requests per second: the pace cancels out, and this is
+        # the chance, roughly, that it is asked for within the next `horizon` requests.
+        pace = reuse_population(st).pace_s
+        horizon = st.tuning.patience_horizon_requests
+        chance = min(1.0, horizon * pace * reuse_per_s(st, rec, want))
     return load_estimate_s(st, rec) * chance
 
 
 def _saving(st: State, rec: ModelRecord, victims: tuple[str, ...]) -> float:
-    """Reload seconds saved by waiting for the cheapest set that includes a leased model
-    (0: there is none, or it is no cheaper)."""
+    """Reload seconds saved by waiting for the cheapest set that includes a leased or loading
+    model (0: there is none, or it is no cheaper)."""
     view = future_view(st)
     want = wanted(st)
     leased = {
@@ -52,7 +70,7 @@ def _saving(st: State, rec: ModelRecord, victims: tuple[str, ...]) -> float:
         for c in view.candidates
         if c.pinned
         and (r := instance(st, c.model_id)) is not None
-        and r.leases
+        and (r.leases or r.state is ModelState.LOADING)
         and c.model_id not in want
     }
     if not leased:

@@ -43,6 +43,7 @@ from gpuletd.scheduler.decisions import (
     RejectReason,
 )
 from gpuletd.scheduler.drain import inherit, instance_changes, redefined_reason, removed_reason
+from gpuletd.scheduler.eviction import ReuseTally
 from gpuletd.scheduler.handlers import want_preloads
 from gpuletd.scheduler.records import ModelRecord
 from gpuletd.scheduler.state import State, advance_clock, model_record
@@ -152,6 +153,8 @@ def _apply_registry(st: State, models: Mapping[str, Model], out: list[Decision])
             kept[mid] = model_record(m, st.tuning)
     # Registry order, as a fresh start would have it.
     st.models = {mid: kept[mid] for mid in models} | memory
+    st.reuse_tally = ReuseTally.of(r.usage for r in st.models.values())
+    st.population_memo = None
 
 
 def _replace_preloads(st: State, preload: Sequence[str], out: list[Decision]) -> None:

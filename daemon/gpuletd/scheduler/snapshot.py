@@ -55,6 +55,7 @@ from gpuletd.scheduler.codec import (
 )
 from gpuletd.scheduler.decisions import ModelState
 from gpuletd.scheduler.drain import inherit, instance_changes, redefined_reason, removed_reason
+from gpuletd.scheduler.eviction import ReuseTally
 from gpuletd.scheduler.records import LeaseRecord, ModelRecord, PendingFree
 from gpuletd.scheduler.state import State, Tuning, advance_clock, model_record, new_state
 
@@ -76,7 +77,7 @@ VERSION = 1
 
 def record_body(r: ModelRecord) -> Json:
     """A model record without its definition, which `snapshot_delta` writes from a cache."""
-    last_at, mean_gap, mean_dev = r.usage.state()
+    last_at, last_seq, mean_gap, mean_dev, gaps = r.usage.state()
     return {
         "retired": r.retired,
         "memory": r.memory,
@@ -100,8 +101,10 @@ def record_body(r: ModelRecord) -> Json:
         "endpoint": r.endpoint,
         "usage": {
             "last_at": time_to_json(last_at),
+            "last_seq": last_seq,
             "mean_gap": time_to_json(mean_gap),
             "mean_dev": time_to_json(mean_dev),
+            "gaps": gaps,
         },
     }
 
@@ -127,6 +130,8 @@ def snapshot_head(st: State) -> Json:
     return {
         "version": VERSION,
         "seq": st.seq,
+        "last_request_at": time_to_json(st.last_request_at),
+        "pace_s": time_to_json(st.pace_s),
         "gpus": [
             {
                 "uuid": g.uuid,
@@ -168,7 +173,7 @@ def _state(d: Json, key: str, path: str) -> ModelState:
         raise SnapshotError(f"snapshot: {path}.{key}: unknown model state {raw!r}") from None
 
 
-def _read_record(d: object, path: str, tuning: Tuning, shift: float) -> ModelRecord:
+def _read_record(d: object, path: str, tuning: Tuning, shift: float, seq: int) -> ModelRecord:
     if not isinstance(d, dict):
         raise SnapshotError(f"snapshot: {path} must be an object")
     rec = model_record(model_from_dict(d.get("definition"), f"{path}.definition"), tuning)
@@ -196,13 +201,7 @@ def _read_record(d: object, path: str, tuning: Tuning, shift: float) -> ModelRec
     # Absent from snapshots written before the `pin` event.
     rec.pinned = get_bool(d, "pinned", path) if "pinned" in d else False
     rec.endpoint = get_str(d, "endpoint", path)
-    usage = get_dict(d, "usage", path)
-    last_at = get_opt_time(usage, "last_at", f"{path}.usage")
-    rec.usage.set_state(
-        None if last_at is None else last_at + shift,
-        get_opt_time(usage, "mean_gap", f"{path}.usage"),
-        get_time(usage, "mean_dev", f"{path}.usage"),
-    )
+    _read_usage(rec, get_dict(d, "usage", path), f"{path}.usage", shift, seq)
     mid = rec.model.id
     if rec.holds_memory:
         if rec.reserved_mb <= 0 or set(rec.shares) != set(rec.gpu_uuids):
@@ -236,13 +235,32 @@ def _read_lease(d: object, path: str, shift: float) -> LeaseRecord:
     )
 
 
+def _read_usage(rec: ModelRecord, usage: Json, path: str, shift: float, seq: int) -> None:
+    last_at = _shifted(get_opt_time(usage, "last_at", path), shift)
+    if "last_seq" not in usage:
+        # Written when gaps were counted in seconds: keep when it was last asked for, start
+        # its pattern afresh.
+        rec.usage.set_state(last_at, None if last_at is None else seq, None, 0.0, 0)
+        return
+    gaps = get_int(usage, "gaps", path)
+    if not 0 <= gaps <= 2:
+        raise SnapshotError(f"snapshot: {path}.gaps must be 0, 1 or 2")
+    rec.usage.set_state(
+        last_at,
+        get_opt_int(usage, "last_seq", path),
+        get_opt_time(usage, "mean_gap", path),
+        get_time(usage, "mean_dev", path),
+        gaps,
+    )
+
+
 def _read_models(
-    snap: Json, tuning: Tuning, shift: float
+    snap: Json, tuning: Tuning, shift: float, seq: int
 ) -> tuple[dict[str, ModelRecord], dict[str, ModelRecord]]:
     live: dict[str, ModelRecord] = {}
     retired: dict[str, ModelRecord] = {}
     for i, item in enumerate(get_list(snap, "models", "snapshot")):
-        rec = _read_record(item, f"models[{i}]", tuning, shift)
+        rec = _read_record(item, f"models[{i}]", tuning, shift, seq)
         bucket = retired if rec.retired else live
         if rec.model.id in bucket:
             raise SnapshotError(f"snapshot: model {rec.model.id} appears twice")
@@ -354,7 +372,8 @@ def restore_state(
     st = new_state(profile, models, gpus, queue_limit=queue_limit, preload=preload, tuning=tuning)
     advance_clock(st, now)
     try:
-        live, retired = _read_models(snap, st.tuning, shift)
+        st.seq = get_int(snap, "seq", "snapshot")
+        live, retired = _read_models(snap, st.tuning, shift, st.seq)
         _attach_leases(st, snap, shift, live, retired)
         _meet_registry(st, models, live, retired)
         _read_gpus(st, snap, shift)
@@ -365,7 +384,9 @@ def restore_state(
             ):
                 raise SnapshotError(f"snapshot: ended[{i}] must be [lease_id, why]")
             st.ended[pair[0]] = pair[1]
-        st.seq = get_int(snap, "seq", "snapshot")
+        # Absent from snapshots written before reuse was counted in requests.
+        st.last_request_at = _shifted(get_opt_time(snap, "last_request_at", "snapshot"), shift)
+        st.pace_s = get_opt_time(snap, "pace_s", "snapshot")
         wanted = _strs(snap.get("preload_wanted"), "snapshot.preload_wanted")
     except SnapshotError:
         raise
@@ -380,5 +401,7 @@ def restore_state(
     st.preload_wanted = [
         m for m in wanted if m in st.models and (st.models[m].pinned or (preloads and m in preload))
     ]
+    st.reuse_tally = ReuseTally.of(r.usage for r in st.models.values())
+    st.population_memo = None
     inherit(st)
     return st

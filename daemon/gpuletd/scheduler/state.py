@@ -22,7 +22,7 @@ from gpuletd.probe.types import GpuSnapshot, GpuState
 from gpuletd.profiles import Profile
 from gpuletd.registry import Backend, Model
 from gpuletd.scheduler.decisions import ModelState
-from gpuletd.scheduler.eviction import FutureView, Plan, ReuseEstimator
+from gpuletd.scheduler.eviction import FutureView, Plan, Population, ReuseEstimator, ReuseTally
 from gpuletd.scheduler.placement import GpuInfo
 from gpuletd.scheduler.queue import RequestQueue
 from gpuletd.scheduler.records import GpuRecord, LeaseRecord, ModelRecord
@@ -84,9 +84,10 @@ class Tuning:
     # forcing out another model (`eviction._knock_on`).
     eviction_lookahead: bool = True
     # Patience (ski rental, `patience.py`): the longest a request holds off an eviction for a
-    # cheaper one on its way (0: never), and the horizon over which a victim's reload counts.
+    # cheaper one on its way (0: never), and the horizon, in requests to the daemon, over
+    # which a victim's reload counts.
     patience_max_s: float = 30.0
-    patience_horizon_s: float = 60.0
+    patience_horizon_requests: int = 6
     # Ended leases remembered to explain a late renew/release ("expired", "backend died").
     ended_lease_memory: int = 4096
 
@@ -130,6 +131,17 @@ class State:
     preload_wanted: list[str] = field(default_factory=list)
     inherited: Inherited | None = None
     seq: int = 0
+    # When the last request arrived, and the smoothed seconds between requests: the clock of
+    # the models' reuse patterns, which count in requests (`eviction.ReuseEstimator`).
+    last_request_at: float | None = None
+    pace_s: float | None = None
+    # Sums over the models' reuse patterns, for the prior of those with little history:
+    # updated as a request updates its model's pattern, recounted when the models are
+    # replaced (reconfigure, restore). `check_invariants` recounts it.
+    reuse_tally: ReuseTally = field(default_factory=ReuseTally)
+    # `accounting.reuse_population` at (clock, request number); the tally changes only with
+    # the request number, or is replaced whole (which drops this too).
+    population_memo: tuple[float, int, Population] | None = None
     now: float = float("-inf")
     # Per-pass caches. GPU infos change only with a probe reading or a profile; plans (without
     # hypothesis) and the set of models someone waits for are memoised during one scheduling
@@ -143,13 +155,13 @@ class State:
     # pass it is recomputed on each question, since the event handlers change records between
     # passes.
     holding_cache: Holding | None = None
-    # The future view without a hypothesis, made by a pass at `view_at` and good while the
-    # clock stays there: cleared by every transition but the benign ones, which (as a new
-    # request) only reweigh their model's candidate in it (`accounting.reweigh`). A full pass
-    # starts without it (a handler may have changed records without a transition); a quiet
-    # one keeps it, since only transitions and new requests came since the last pass.
+    # The future view without a hypothesis, made by a pass at `view_at` (clock, request
+    # number) and good while both stay there (a new request moves every reuse pattern's
+    # count): cleared by every transition but the benign ones, which only reweigh their
+    # model's candidate in it (`accounting.reweigh`). A full pass starts without it (a
+    # handler may have changed records without a transition); a quiet one keeps it.
     view_cache: FutureView | None = None
-    view_at: float = float("nan")
+    view_at: tuple[float, int] = (float("nan"), -1)
     # Instances whose candidate in `view_cache` is to be made again before it is read, by id.
     view_stale: dict[str, ModelRecord] = field(default_factory=dict)
     # Within a pass, answers that depend only on the shape of a need (`accounting._shape`),
