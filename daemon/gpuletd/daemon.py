@@ -124,9 +124,11 @@ class Daemon:
             mark=str(state_dir) if state_dir is not None else None,
             load_times=self._learnt_load_s,
         )
-        self.leases = LeaseManager(runtime, self.executor)
-        self.watch = WatchSink(self.executor)
         self._store_sink = StoreSink(self.store, self.executor, runtime) if self.store else None
+        self.leases = LeaseManager(
+            runtime, self.executor, durable=self._store_sink.durable if self._store_sink else None
+        )
+        self.watch = WatchSink(self.executor)
         # The order is the design: on disk first, then processes, then what people see.
         if self._store_sink is not None:
             self.executor.add_sink(self._store_sink)

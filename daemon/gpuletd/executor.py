@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -97,9 +98,15 @@ class Executor:
         self._check = check
         self._kick = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
+        # When the timer task wakes up by itself (None: only when kicked): an event that
+        # leaves the core's next wakeup no earlier need not wake it.
+        self._sleeps_until: float | None = None
         self._stopped = False
         self._dispatching = False
         self._later: list[Event] = []
+        # Grows with every event: something computed from the core's views (an answer kept by
+        # a servicer) still holds while it has not moved. Events are the only way in.
+        self.events = 0
 
     def add_sink(self, sink: Sink) -> None:
         """Sinks run in the order they were added (the store first)."""
@@ -143,6 +150,7 @@ class Executor:
             self.feed(lambda c, now: c.probe(readings, now=now))
 
     def _dispatch(self, decisions: Sequence[Decision]) -> None:
+        self.events += 1
         self._dispatching = True
         try:
             for sink in self._sinks:
@@ -157,7 +165,18 @@ class Executor:
         if self._check and (problems := check_invariants(self.core)):
             # Debug aid for tests and load runs: the core broke a promise.
             log.error("scheduler.invariant_violated", problems=problems)
-        self._kick.set()
+        self._wake_timer()
+
+    def _wake_timer(self) -> None:
+        """Most events (a Renew) bring no timer forward: waking the timer task for each would
+        cost more than the event itself. One that pushed a timer back wakes it early, in vain,
+        once."""
+        try:
+            wake = self.core.next_wakeup()
+        except Exception:
+            wake = -math.inf  # the timer task asks again, and logs the failure
+        if wake is not None and (self._sleeps_until is None or wake < self._sleeps_until):
+            self._kick.set()
 
     # -- the clock ----------------------------------------------------------------------
 
@@ -188,5 +207,6 @@ class Executor:
                 await asyncio.sleep(0.1)
                 continue
             delay = None if wake is None else wake - now
+            self._sleeps_until = wake
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), delay)

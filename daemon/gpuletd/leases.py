@@ -14,7 +14,7 @@ import hmac
 import math
 import re
 import secrets
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
@@ -303,10 +303,24 @@ def lease_info(ex: Executor, v: LeaseView | Granted, token: str = "") -> LeaseIn
     )
 
 
+async def _saved() -> None:
+    """Without a store nothing is saved: nothing to wait for."""
+
+
 class LeaseManager:
-    def __init__(self, runtime: Runtime, executor: Executor) -> None:
+    """`durable` returns once every decision made so far is saved (`StoreSink.durable`): each
+    change the API acknowledges (a grant, a renewal, a release) is on disk before its answer."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        executor: Executor,
+        *,
+        durable: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._rt = runtime
         self._ex = executor
+        self.durable = durable or _saved
         self._waiters: dict[str, asyncio.Queue[Decision | None]] = {}
         self._closing = False
         # An administrator's drain (admin.py): unlike `_closing`, held leases and waiting
@@ -448,8 +462,8 @@ class LeaseManager:
                     case Rejected():
                         raise self._rejection(d, model_id)
                     case Granted():
-                        granted = True
                         if self._ex.core.lease(rid) is None:
+                            granted = True  # nothing left to cancel
                             # Ended in the same breath as it was granted (its backend died).
                             mv = self._ex.core.model(d.model_id)
                             raise LeaseFailed(
@@ -458,6 +472,10 @@ class LeaseManager:
                                 f"the lease on {d.model_id} ended as it was granted: "
                                 f"{(mv.last_error if mv else '') or 'ended'}",
                             )
+                        # Cancelled while it waits, the grant was never delivered: `finally`
+                        # ends it (not `granted` yet).
+                        await self.durable()
+                        granted = True
                         yield lease_info(self._ex, d, token)
                         return
                     case Queued() | Loading():
@@ -473,20 +491,30 @@ class LeaseManager:
         so it ends now instead of pinning its model until the TTL."""
         self._ex.feed(lambda c, now: c.cancel(lease_id, now=now))
 
-    def renew(self, lease_id: str, token: str, ttl_s: float = 0.0) -> LeaseInfo:
+    async def renew(self, lease_id: str, token: str, ttl_s: float = 0.0) -> LeaseInfo:
         self._check_lease_access(lease_id, token)
         self._check_ttl(ttl_s)
         out = self._ex.feed(lambda c, now: c.renew(lease_id, now=now, ttl_s=ttl_s or None))
         self._raise_if_refused(out, lease_id)
+        # Read now: by the time the commit is done, another call may have ended it.
         view = self._ex.core.lease(lease_id)
         if view is None:  # pragma: no cover - a Renewed lease exists by construction
             raise LeaseFailed("NOT_FOUND", "LEASE_ENDED", f"lease_id: {lease_id} has ended")
-        return lease_info(self._ex, view)
+        info = lease_info(self._ex, view)
+        await self.durable()
+        return info
 
-    def release(self, lease_id: str, token: str) -> None:
+    async def release(self, lease_id: str, token: str) -> None:
         self._check_lease_access(lease_id, token)
         out = self._ex.feed(lambda c, now: c.release(lease_id, now=now))
         self._raise_if_refused(out, lease_id)
+        await self.durable()
+
+    @property
+    def changes(self) -> int:
+        """Grows whenever the leases may have changed: what was read of them before still
+        holds while it has not moved."""
+        return self._ex.events
 
     def leases(self) -> list[LeaseInfo]:
         return [lease_info(self._ex, v) for v in self._ex.core.leases()]

@@ -341,7 +341,7 @@ def build_server(runtime: Runtime, daemon: Daemon) -> Server:
         ProfileService(runtime, daemon.core, daemon.supervisor), server
     )
     selector_pb2_grpc.add_SelectorServiceServicer_to_server(
-        SelectorService(runtime, daemon.core, daemon.measurements), server
+        SelectorService(runtime, daemon.executor, daemon.measurements), server
     )
     leases_pb2_grpc.add_LeaseServiceServicer_to_server(
         LeaseService(daemon.leases, daemon.watch), server

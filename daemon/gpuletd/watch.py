@@ -60,6 +60,9 @@ class WatchSink:
         self.hub: WatchHub[WatchEvent] = WatchHub(buffer, max_bytes=max_bytes, size=event_size)
 
     def apply(self, decisions: Sequence[Decision]) -> None:
+        if not self.hub.listened:
+            # (A lease's details cost more to gather than the Renew that changed them.)
+            return
         for d in decisions:
             match d:
                 case ModelStateChanged():

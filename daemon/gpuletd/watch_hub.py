@@ -57,6 +57,11 @@ class WatchHub(Generic[T]):
         self._subscribers: set[_Subscriber[T]] = set()
         self._closed = False
 
+    @property
+    def listened(self) -> bool:
+        """Someone is subscribed: only then is an event worth making."""
+        return bool(self._subscribers)
+
     def backlogs(self) -> list[tuple[int, int]]:
         """(events, estimated bytes) queued for each subscriber: what the bounds bound."""
         return [(len(s.backlog), s.bytes) for s in self._subscribers]

@@ -17,6 +17,7 @@ from gpuletd.plan import Outcome, PlanResult
 from gpuletd.scheduler import Loading, ModelStateChanged, Queued
 from gpuletd.services.convert import model_state_pb
 from gpuletd.services.errors import fail
+from gpuletd.services.memo import Memo
 from gpuletd.watch import LeaseEvent, WatchSink
 
 __all__ = ["LeaseService", "lease_pb", "plan_pb", "queued_pb"]
@@ -109,6 +110,8 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
     def __init__(self, leases: LeaseManager, watch: WatchSink) -> None:
         self._leases = leases
         self._watch = watch
+        # Kept until the next event reaches the core (services/memo.py).
+        self._listed: Memo[None, pb.ListLeasesResponse] = Memo(1)
 
     async def Acquire(
         self, request: pb.AcquireRequest, context: Context
@@ -159,14 +162,14 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
 
     async def Renew(self, request: pb.RenewRequest, context: Context) -> pb.RenewResponse:
         try:
-            info = self._leases.renew(request.lease_id, request.token, request.ttl_seconds)
+            info = await self._leases.renew(request.lease_id, request.token, request.ttl_seconds)
         except Refused as e:
             await fail(context, e)
         return pb.RenewResponse(lease=lease_pb(info))
 
     async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:
         try:
-            self._leases.release(request.lease_id, request.token)
+            await self._leases.release(request.lease_id, request.token)
         except Refused as e:
             await fail(context, e)
         return pb.ReleaseResponse()
@@ -174,7 +177,11 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
     async def ListLeases(
         self, request: pb.ListLeasesRequest, context: Context
     ) -> pb.ListLeasesResponse:
-        return pb.ListLeasesResponse(leases=[lease_pb(x) for x in self._leases.leases()])
+        return self._listed.get(
+            None,
+            (self._leases.changes,),
+            lambda: pb.ListLeasesResponse(leases=[lease_pb(x) for x in self._leases.leases()]),
+        )
 
     async def ListQueue(
         self, request: pb.ListQueueRequest, context: Context
@@ -200,6 +207,8 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
         events = self._watch.subscribe()
         try:
             async for ev in events:
+                # Nobody hears of a change before it is saved, not even a watcher.
+                await self._leases.durable()
                 now = timestamp_pb2.Timestamp()
                 now.GetCurrentTime()
                 if isinstance(ev, ModelStateChanged):

@@ -13,11 +13,12 @@ from gpulet.v1 import selector_pb2 as pb
 from gpulet.v1 import selector_pb2_grpc
 from gpulet.v1 import types_pb2 as pb_types
 from gpuletd.bounds import Refused, check_name
+from gpuletd.executor import Executor
 from gpuletd.measurements import Measurements
 from gpuletd.profiles import Profile
 from gpuletd.registry import Model
 from gpuletd.runtime import Runtime
-from gpuletd.scheduler import ModelView, Scheduler
+from gpuletd.scheduler import ModelView
 from gpuletd.selector import (
     ExplainStatus,
     Hardware,
@@ -39,6 +40,8 @@ DEFAULT_TOP_N = 3
 _KEPT_SELECTIONS = 64
 # The candidates, the models left out, whether the GPUs run bf16 natively.
 _Selection = tuple[list[Model], list[Misfit], bool | None]
+# An answer, and its candidates that are idle: (index, idle since), to age them per call.
+_Answer = tuple[pb.SelectByRoleResponse, list[tuple[int, float]]]
 _STATUS = {
     ExplainStatus.ELIGIBLE: pb.EXPLAIN_STATUS_ELIGIBLE,
     ExplainStatus.REJECTED: pb.EXPLAIN_STATUS_REJECTED,
@@ -63,17 +66,42 @@ def _endpoint(view: ModelView | None) -> str:
 
 class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
     def __init__(
-        self, runtime: Runtime, core: Scheduler, measurements: Measurements | None = None
+        self, runtime: Runtime, executor: Executor, measurements: Measurements | None = None
     ) -> None:
         self._rt = runtime
-        self._core = core
+        self._ex = executor
+        self._core = executor.core
         self._measurements = measurements
         self._selections: Memo[tuple[str, int, str], _Selection] = Memo(_KEPT_SELECTIONS)
+        self._answers: Memo[tuple[str, int, str], _Answer] = Memo(_KEPT_SELECTIONS)
 
     async def SelectByRole(
         self, request: pb.SelectByRoleRequest, context: Context
     ) -> pb.SelectByRoleResponse:
         top_n = request.top_n if request.HasField("top_n") else DEFAULT_TOP_N
+        rt = self._rt
+        try:
+            # Whole answers are kept until an event reaches the core (a view, a reservation
+            # or a measurement may have changed) or the configuration, profile or a GPU
+            # reading does; only the idle times move on their own.
+            resp, idle = self._answers.get(
+                (request.role, top_n, request.profile),
+                (self._ex.events, rt.config, rt.active, tuple(rt.gpus)),
+                lambda: self._select(request, top_n),
+            )
+        except Refused as e:
+            await fail(context, e)
+        if not idle:
+            return resp
+        now = time.monotonic()
+        fresh = pb.SelectByRoleResponse()
+        fresh.CopyFrom(resp)
+        for i, since in idle:
+            fresh.candidates[i].model.idle_seconds = max(0.0, now - since)
+        return fresh
+
+    def _select(self, request: pb.SelectByRoleRequest, top_n: int) -> _Answer:
+        """The answer (raises Refused), and where its idle times are: (candidate, since)."""
         role = request.role
         reg = self._rt.registry
         # The core's views of the models that support the role, and only those: they are all
@@ -85,22 +113,19 @@ class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
         }
         hw = Hardware.of(self._rt.gpus, {mid: v.reservation_mb for mid, v in views.items()})
         now = time.monotonic()
-        try:
-            check_name("role", role)
-            profile = self._profile(request.profile)
-            # The ranking is the costly part and changes only with its inputs (a probe
-            # reading, a reservation, a reload, a profile switch); the states are per call.
-            models, out, native = self._selections.get(
-                (role, top_n, profile.name),
-                (reg, profile, hw),
-                lambda: (
-                    select(reg, profile, role, top_n, hardware=hw),
-                    misfits(reg, profile, role, hardware=hw),
-                    hw.bf16_native,
-                ),
-            )
-        except Refused as e:
-            await fail(context, e)
+        check_name("role", role)
+        profile = self._profile(request.profile)
+        # The ranking is the costly part and changes only with its inputs (a probe reading, a
+        # reservation, a reload, a profile switch); the states change with any event.
+        models, out, native = self._selections.get(
+            (role, top_n, profile.name),
+            (reg, profile, hw),
+            lambda: (
+                select(reg, profile, role, top_n, hardware=hw),
+                misfits(reg, profile, role, hardware=hw),
+                hw.bf16_native,
+            ),
+        )
         resp = pb.SelectByRoleResponse(
             role=request.role,
             profile=profile.name,
@@ -123,7 +148,12 @@ class SelectorService(selector_pb2_grpc.SelectorServiceServicer):
         )
         if native is not None:
             resp.bf16_preferred = native
-        return resp
+        idle = [
+            (i, since)
+            for i, m in enumerate(models)
+            if (v := views.get(m.id)) is not None and (since := v.idle_since) is not None
+        ]
+        return resp, idle
 
     async def ExplainSelection(
         self, request: pb.ExplainSelectionRequest, context: Context
