@@ -128,7 +128,7 @@ class Daemon:
         self.leases = LeaseManager(
             runtime, self.executor, durable=self._store_sink.durable if self._store_sink else None
         )
-        self.watch = WatchSink(self.executor)
+        self.watch = WatchSink(self.executor, commits=self._store_sink)
         # The order is the design: on disk first, then processes, then what people see.
         if self._store_sink is not None:
             self.executor.add_sink(self._store_sink)
@@ -246,6 +246,9 @@ class Daemon:
         if self.labels is not None:
             await self.labels.close(remove=True)
         await self.supervisor.close()
+        if self._store_sink is not None:
+            # A grouped commit still scheduled would fire on a closed store.
+            self._store_sink.save()
         if self.store is not None:
             try:
                 self.store.clear_state()

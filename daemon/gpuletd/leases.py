@@ -462,9 +462,13 @@ class LeaseManager:
                     case Rejected():
                         raise self._rejection(d, model_id)
                     case Granted():
+                        # Cancelled while it waits for the commit, the grant was never
+                        # delivered: `finally` ends it (not `granted` yet).
+                        await self.durable()
                         if self._ex.core.lease(rid) is None:
                             granted = True  # nothing left to cancel
-                            # Ended in the same breath as it was granted (its backend died).
+                            # Ended in the same breath as it was granted, or while it was
+                            # being saved (its backend died, an administrator revoked it).
                             mv = self._ex.core.model(d.model_id)
                             raise LeaseFailed(
                                 "FAILED_PRECONDITION",
@@ -472,9 +476,6 @@ class LeaseManager:
                                 f"the lease on {d.model_id} ended as it was granted: "
                                 f"{(mv.last_error if mv else '') or 'ended'}",
                             )
-                        # Cancelled while it waits, the grant was never delivered: `finally`
-                        # ends it (not `granted` yet).
-                        await self.durable()
                         granted = True
                         yield lease_info(self._ex, d, token)
                         return

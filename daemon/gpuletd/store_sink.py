@@ -69,6 +69,9 @@ class StoreSink:
         # The group commit scheduled, and what the answers waiting on it await.
         self._flush: asyncio.Handle | None = None
         self._committed: asyncio.Future[None] | None = None
+        # Groups are numbered as they are opened; `_saved` is the last one on disk.
+        self._opened = 0
+        self._saved = 0
         self._last_commit = float("-inf")  # time.monotonic()
 
     def apply(self, decisions: Sequence[Decision]) -> None:
@@ -106,12 +109,21 @@ class StoreSink:
             self.save()
             return
         self._committed = loop.create_future()
+        self._opened += 1
         wait = self._last_commit + GROUP_COMMIT_S - time.monotonic()
         self._flush = loop.call_later(wait, self.save) if wait > 0 else loop.call_soon(self.save)
 
-    async def durable(self) -> None:
-        """Returns once every decision made so far is saved (or its save failed, which
-        `store_error` says): the lease API awaits it before it answers."""
+    def group(self) -> int:
+        """The group that holds the decisions made so far: `durable(group)` waits for it
+        only, not for groups opened later (a Watch stream would otherwise wait for every
+        commit after its event's, and fall behind a stream of Renews)."""
+        return self._opened
+
+    async def durable(self, group: int | None = None) -> None:
+        """Returns once every decision made so far (or up to `group`) is saved (or its save
+        failed, which `store_error` says): the lease API awaits it before it answers."""
+        if group is not None and group <= self._saved:
+            return
         if self._committed is not None:
             # Shielded: one waiter cancelled must not cancel the others' commit.
             await asyncio.shield(self._committed)
@@ -122,6 +134,7 @@ class StoreSink:
             self._flush.cancel()
             self._flush = None
         committed, self._committed = self._committed, None
+        self._saved = self._opened
         self._last_commit = time.monotonic()
         try:
             self._save(learned)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import assert_never
+from typing import Protocol, assert_never
 
 from gpuletd.executor import Executor
 from gpuletd.leases import LeaseFailed, LeaseInfo, lease_info
@@ -24,7 +24,16 @@ from gpuletd.scheduler import (
 )
 from gpuletd.watch_hub import MAX_BACKLOG_BYTES, WatchClosed, WatchHub, WatchOverflow
 
-__all__ = ["LeaseEvent", "WatchEvent", "WatchSink", "event_size"]
+__all__ = ["Commits", "LeaseEvent", "WatchEvent", "WatchSink", "event_size"]
+
+
+class Commits(Protocol):
+    """The store's group commit (`StoreSink`): which group holds the changes made so far, and
+    waiting for a group to be saved."""
+
+    def group(self) -> int: ...
+
+    async def durable(self, group: int | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,9 @@ class LeaseEvent:
     kind: str  # granted, renewed, released, expired, backend_died, cancelled
     lease: LeaseInfo
     reason: str = ""
+    # The store's commit group holding the change (`StoreSink.group`): a watcher hears of it
+    # once that group is saved. Model state changes are saved at once.
+    group: int = 0
 
 
 WatchEvent = ModelStateChanged | LeaseEvent
@@ -54,31 +66,41 @@ def event_size(ev: WatchEvent) -> int:
 
 class WatchSink:
     def __init__(
-        self, executor: Executor, *, buffer: int = 1024, max_bytes: int = MAX_BACKLOG_BYTES
+        self,
+        executor: Executor,
+        *,
+        buffer: int = 1024,
+        max_bytes: int = MAX_BACKLOG_BYTES,
+        commits: Commits | None = None,
     ) -> None:
         self._ex = executor
+        # Without a store nothing is saved, and nothing waits.
+        self._commits = commits
         self.hub: WatchHub[WatchEvent] = WatchHub(buffer, max_bytes=max_bytes, size=event_size)
 
     def apply(self, decisions: Sequence[Decision]) -> None:
         if not self.hub.listened:
             # (A lease's details cost more to gather than the Renew that changed them.)
             return
+        group = 0 if self._commits is None else self._commits.group()
         for d in decisions:
             match d:
                 case ModelStateChanged():
                     self.hub.publish(d)
                 case Granted():
-                    self.hub.publish(LeaseEvent("granted", lease_info(self._ex, d)))
+                    self.hub.publish(LeaseEvent("granted", lease_info(self._ex, d), group=group))
                 case Renewed():
                     view = self._ex.core.lease(d.lease_id)
                     if view is not None:
-                        self.hub.publish(LeaseEvent("renewed", lease_info(self._ex, view)))
+                        self.hub.publish(
+                            LeaseEvent("renewed", lease_info(self._ex, view), group=group)
+                        )
                 case LeaseEnded():
                     now = self._ex.clock.wall()
                     info = LeaseInfo(
                         d.lease_id, d.model_id, d.gpu_uuids, "", d.client, False, now, now
                     )
-                    self.hub.publish(LeaseEvent(d.reason.value, info, d.message))
+                    self.hub.publish(LeaseEvent(d.reason.value, info, d.message, group))
                 case (
                     Queued()
                     | Loading()
@@ -95,6 +117,10 @@ class WatchSink:
     async def subscribe(self) -> AsyncGenerator[WatchEvent, None]:
         try:
             async for ev in self.hub.subscribe():
+                if self._commits is not None and isinstance(ev, LeaseEvent):
+                    # Nobody hears of a change before it is saved, not even a watcher (model
+                    # state changes are saved at once).
+                    await self._commits.durable(ev.group)
                 yield ev
         except WatchOverflow as e:
             raise LeaseFailed(

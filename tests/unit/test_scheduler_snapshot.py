@@ -194,6 +194,13 @@ def test_restored_memory_is_not_counted_as_foreign() -> None:
         lambda d: d["gpus"][0].update(pending=[[1, 2, 3]]),
         lambda d: d.update(ended=[["only-one"]]),
         lambda d: d.update(seq=None),
+        lambda d: d.update(pace_s="inf"),
+        lambda d: d.update(pace_s=-1.0),
+        lambda d: d["models"][0]["usage"].update(last_seq=-1),
+        lambda d: d["models"][0]["usage"].update(last_seq=d["seq"] + 1),
+        lambda d: d["models"][0]["usage"].update(mean_gap="inf"),
+        lambda d: d["models"][0]["usage"].update(mean_dev=-0.5),
+        lambda d: d["models"][0]["usage"].update(gaps=3),
     ],
 )
 def test_a_bad_snapshot_is_refused(damage: Any) -> None:

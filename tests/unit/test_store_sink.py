@@ -20,6 +20,7 @@ from gpuletd.probe.simulated import SimulatedProbe, parse_simulated_gpus
 from gpuletd.runtime import Runtime
 from gpuletd.state_dir import STATE_FILE
 from gpuletd.store import StateStore
+from gpuletd.watch import LeaseEvent
 from tests.helpers import short_tmpdir
 
 # A reservation backend of the example registry: granted at once, no process.
@@ -101,3 +102,32 @@ async def test_a_grant_cancelled_while_it_is_saved_is_not_left_held(daemon: Daem
     assert not daemon.core.leases()
     await daemon.leases.durable()
     assert not on_disk(daemon)["leases"]
+
+
+async def test_a_watcher_keeps_up_with_a_stream_of_renewals(daemon: Daemon) -> None:
+    # Under steady Renews a newer commit is almost always pending: each event waits only for
+    # the commit that holds it, not for the next one, so a watcher is not cut off for falling
+    # more than its buffer behind.
+    lease = await granted(daemon)
+    heard: list[str] = []
+
+    async def watch() -> None:
+        async for ev in daemon.watch.subscribe():
+            if isinstance(ev, LeaseEvent):
+                heard.append(ev.kind)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    each = daemon.watch.hub.buffer // 2
+
+    async def renewing() -> None:
+        for _ in range(each):
+            await daemon.leases.renew(lease.lease_id, lease.token)
+
+    # Eight clients renewing at once: a commit is pending nearly all the time.
+    await asyncio.gather(*(renewing() for _ in range(8)))
+    while len(heard) < 8 * each and not watcher.done():
+        await asyncio.sleep(0.01)
+    assert not watcher.done(), watcher.exception()
+    watcher.cancel()
+    assert heard.count("renewed") == 8 * each

@@ -29,8 +29,9 @@ was removed or redefined keeps its instance as *retired* if it holds memory or l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from gpuletd.probe.types import GpuSnapshot
 from gpuletd.profiles import Profile, Strategy
@@ -245,13 +246,26 @@ def _read_usage(rec: ModelRecord, usage: Json, path: str, shift: float, seq: int
     gaps = get_int(usage, "gaps", path)
     if not 0 <= gaps <= 2:
         raise SnapshotError(f"snapshot: {path}.gaps must be 0, 1 or 2")
+    last_seq = get_opt_int(usage, "last_seq", path)
+    if last_seq is not None and not 0 <= last_seq <= seq:
+        raise SnapshotError(f"snapshot: {path}.last_seq must be between 0 and seq ({seq})")
     rec.usage.set_state(
         last_at,
-        get_opt_int(usage, "last_seq", path),
-        get_opt_time(usage, "mean_gap", path),
-        get_time(usage, "mean_dev", path),
+        last_seq,
+        _span(get_opt_time(usage, "mean_gap", path), f"{path}.mean_gap"),
+        _span(get_time(usage, "mean_dev", path), f"{path}.mean_dev"),
         gaps,
     )
+
+
+_Span = TypeVar("_Span", float, float | None)
+
+
+def _span(v: _Span, path: str) -> _Span:
+    """A count or a duration that is finite and not negative (None passes)."""
+    if v is not None and not 0 <= v < math.inf:
+        raise SnapshotError(f"snapshot: {path} must be a finite number >= 0, not {v}")
+    return v
 
 
 def _read_models(
@@ -386,7 +400,7 @@ def restore_state(
             st.ended[pair[0]] = pair[1]
         # Absent from snapshots written before reuse was counted in requests.
         st.last_request_at = _shifted(get_opt_time(snap, "last_request_at", "snapshot"), shift)
-        st.pace_s = get_opt_time(snap, "pace_s", "snapshot")
+        st.pace_s = _span(get_opt_time(snap, "pace_s", "snapshot"), "snapshot.pace_s")
         wanted = _strs(snap.get("preload_wanted"), "snapshot.preload_wanted")
     except SnapshotError:
         raise

@@ -207,8 +207,6 @@ class LeaseService(leases_pb2_grpc.LeaseServiceServicer):
         events = self._watch.subscribe()
         try:
             async for ev in events:
-                # Nobody hears of a change before it is saved, not even a watcher.
-                await self._leases.durable()
                 now = timestamp_pb2.Timestamp()
                 now.GetCurrentTime()
                 if isinstance(ev, ModelStateChanged):
