@@ -14,6 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gpuletd.scheduler import Scheduler
+from gpuletd.store import StateStore
+
 BIN = Path(sys.executable).parent
 GPULETD = str(BIN / "gpuletd")
 GPULET = str(BIN / "gpulet")
@@ -159,3 +162,21 @@ def constrained_daemon(tmp_path: Path, config: str) -> Daemon:
         "constrained_16gb",
         env={"GPULET_CHECK_INVARIANTS": "1"},
     ).start()
+
+
+def stored_snapshot(path: Path) -> dict[str, Any]:
+    """The core's snapshot in the state file at `path`, read through a store of its own, as a
+    restarted daemon reads it."""
+    store = StateStore.open(path)
+    try:
+        saved = store.load_core()
+    finally:
+        store.close()
+    assert saved is not None
+    return saved.snapshot
+
+
+def snapshot_json(core: Scheduler) -> dict[str, Any]:
+    """`core`'s snapshot as it would be saved (through JSON)."""
+    loaded: dict[str, Any] = json.loads(json.dumps(core.snapshot(), allow_nan=False))
+    return loaded

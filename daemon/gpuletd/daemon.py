@@ -125,9 +125,7 @@ class Daemon:
             load_times=self._learnt_load_s,
         )
         self._store_sink = StoreSink(self.store, self.executor, runtime) if self.store else None
-        self.leases = LeaseManager(
-            runtime, self.executor, durable=self._store_sink.durable if self._store_sink else None
-        )
+        self.leases = LeaseManager(runtime, self.executor, commits=self._store_sink)
         self.watch = WatchSink(self.executor, commits=self._store_sink)
         # The order is the design: on disk first, then processes, then what people see.
         if self._store_sink is not None:

@@ -14,11 +14,11 @@ import hmac
 import math
 import re
 import secrets
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, assert_never
+from typing import TYPE_CHECKING, Protocol, assert_never
 
 import structlog
 
@@ -62,6 +62,7 @@ __all__ = [
     "LEASE_ID",
     "TOKEN_PREFIX",
     "AcquireUpdate",
+    "Commits",
     "LeaseFailed",
     "LeaseInfo",
     "LeaseManager",
@@ -303,24 +304,30 @@ def lease_info(ex: Executor, v: LeaseView | Granted, token: str = "") -> LeaseIn
     )
 
 
-async def _saved() -> None:
-    """Without a store nothing is saved: nothing to wait for."""
+class Commits(Protocol):
+    """The store's group commit (`StoreSink`): which group holds the changes made so far,
+    and waiting until a group (by default: all of them so far) is saved."""
+
+    def group(self) -> int: ...
+
+    async def durable(self, group: int | None = None) -> None: ...
 
 
 class LeaseManager:
-    """`durable` returns once every decision made so far is saved (`StoreSink.durable`): each
-    change the API acknowledges (a grant, a renewal, a release) is on disk before its answer."""
+    """Each change the API acknowledges (a grant, a renewal, a release) is on disk before its
+    answer (`durable`)."""
 
     def __init__(
         self,
         runtime: Runtime,
         executor: Executor,
         *,
-        durable: Callable[[], Awaitable[None]] | None = None,
+        commits: Commits | None = None,
     ) -> None:
         self._rt = runtime
         self._ex = executor
-        self.durable = durable or _saved
+        # Without a store nothing is saved, and nothing waits.
+        self._commits = commits
         self._waiters: dict[str, asyncio.Queue[Decision | None]] = {}
         self._closing = False
         # An administrator's drain (admin.py): unlike `_closing`, held leases and waiting
@@ -510,6 +517,11 @@ class LeaseManager:
         out = self._ex.feed(lambda c, now: c.release(lease_id, now=now))
         self._raise_if_refused(out, lease_id)
         await self.durable()
+
+    async def durable(self) -> None:
+        """Returns once every change made so far is saved."""
+        if self._commits is not None:
+            await self._commits.durable()
 
     @property
     def changes(self) -> int:

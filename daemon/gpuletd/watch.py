@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, assert_never
+from typing import assert_never
 
 from gpuletd.executor import Executor
-from gpuletd.leases import LeaseFailed, LeaseInfo, lease_info
+from gpuletd.leases import Commits, LeaseFailed, LeaseInfo, lease_info
 from gpuletd.scheduler import (
     Decision,
     Granted,
@@ -24,16 +24,7 @@ from gpuletd.scheduler import (
 )
 from gpuletd.watch_hub import MAX_BACKLOG_BYTES, WatchClosed, WatchHub, WatchOverflow
 
-__all__ = ["Commits", "LeaseEvent", "WatchEvent", "WatchSink", "event_size"]
-
-
-class Commits(Protocol):
-    """The store's group commit (`StoreSink`): which group holds the changes made so far, and
-    waiting for a group to be saved."""
-
-    def group(self) -> int: ...
-
-    async def durable(self, group: int | None = None) -> None: ...
+__all__ = ["LeaseEvent", "WatchEvent", "WatchSink", "event_size"]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from gpuletd.scheduler.state import Tuning
 from gpuletd.store import SCHEMA_VERSION, StateStore
 from gpuletd.store_sink import StoreSink
 from tests.fakes.snapshots import snapshot as snap
+from tests.helpers import snapshot_json, stored_snapshot
 from tests.unit.test_scheduler_core import REG, lease, probe_free
 
 GPUS = [snap(0, 98304)]
@@ -38,22 +39,6 @@ class FakeTime:
 
     def __call__(self) -> float:
         return self.now
-
-
-def whole(core: Scheduler) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(json.dumps(core.snapshot(), allow_nan=False))
-    return loaded
-
-
-def stored(path: Path) -> dict[str, Any]:
-    """What a restarted daemon reads: through a store of its own."""
-    store = StateStore.open(path)
-    try:
-        saved = store.load_core()
-    finally:
-        store.close()
-    assert saved is not None
-    return saved.snapshot
 
 
 def restored(snapshot: dict[str, Any], now: float) -> Scheduler:
@@ -92,7 +77,7 @@ class Rig:
         # until the next one that does; save here so that every step can be compared.
         self.sink.save()
         assert self.runtime.store_error == ""
-        assert stored(self.path) == whole(self.core)
+        assert stored_snapshot(self.path) == snapshot_json(self.core)
 
 
 def decisions(rig: Rig) -> None:
@@ -120,14 +105,14 @@ def decisions(rig: Rig) -> None:
 def test_after_every_decision_the_store_gives_back_the_whole_snapshot(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "state.db")
     decisions(rig)
-    snapshot = stored(rig.path)
+    snapshot = stored_snapshot(rig.path)
     # What was meant to be covered was: old ended leases forgotten, a retired instance.
     ended = [lid for lid, _ in snapshot["ended"]]
     assert len(ended) == TUNING.ended_lease_memory and "e0" not in ended
     assert any(m["retired"] for m in snapshot["models"])
     # A restart from it resumes the same state.
     again = restored(snapshot, rig.time.now)
-    assert whole(again) == whole(rig.core)
+    assert snapshot_json(again) == snapshot_json(rig.core)
 
 
 def test_a_restarted_daemon_goes_on_saving_by_parts(tmp_path: Path) -> None:
@@ -136,7 +121,7 @@ def test_a_restarted_daemon_goes_on_saving_by_parts(tmp_path: Path) -> None:
     rig.store.close()
     # The next daemon: restored from the file, saving with a writer that has seen nothing.
     second = Rig(rig.path)
-    second.ex.core = restored(stored(rig.path), rig.time.now)
+    second.ex.core = restored(stored_snapshot(rig.path), rig.time.now)
     second.time.now = rig.time.now
     second.step(lambda c, now: [lease(c, "n1", "siglip", now, ttl_s=1e4)])
     second.step(lambda c, now: c.renew("n1", now=now))
@@ -171,7 +156,7 @@ def test_a_failed_save_is_followed_by_a_whole_one(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), rig.store.transaction():
         rig.ex.feed(lambda c, now: c.release("r1", now=now))
         raise RuntimeError("disk gone")
-    assert [le["lease_id"] for le in stored(rig.path)["leases"]] == ["r1"]
+    assert [le["lease_id"] for le in stored_snapshot(rig.path)["leases"]] == ["r1"]
     # ... so the next one writes everything, not just what changed after it.
     rig.step(lambda c, now: c.tick(now))
 
@@ -191,7 +176,7 @@ def test_a_whole_snapshot_replaces_one_saved_by_parts(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "state.db")
     decisions(rig)
     rig.store.save_core({"version": 1, "note": "whole"}, wall=1.0, mono=2.0)
-    assert stored(rig.path) == {"version": 1, "note": "whole"}
+    assert stored_snapshot(rig.path) == {"version": 1, "note": "whole"}
 
 
 # -- schema 1 --------------------------------------------------------------------------------
@@ -213,7 +198,7 @@ _SCHEMA_1 = [
 def test_a_schema_1_file_loads_whole_and_is_then_saved_by_parts(tmp_path: Path) -> None:
     rig = Rig(tmp_path / "old" / "state.db")
     decisions(rig)
-    old_snapshot = whole(rig.core)
+    old_snapshot = snapshot_json(rig.core)
     path = tmp_path / "state.db"
     raw = sqlite3.connect(path)
     for ddl in _SCHEMA_1:
@@ -227,15 +212,15 @@ def test_a_schema_1_file_loads_whole_and_is_then_saved_by_parts(tmp_path: Path) 
     raw.commit()
     raw.close()
 
-    assert stored(path) == old_snapshot
+    assert stored_snapshot(path) == old_snapshot
     with sqlite3.connect(path) as check:
         assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     assert SCHEMA_VERSION == 2
     # The daemon that read it resumes, and saves by parts from then on.
     second = Rig(path)
-    second.ex.core = restored(stored(path), rig.time.now)
+    second.ex.core = restored(stored_snapshot(path), rig.time.now)
     second.time.now = rig.time.now
-    assert whole(second.core) == old_snapshot
+    assert snapshot_json(second.core) == old_snapshot
     second.step(lambda c, now: [lease(c, "n1", "siglip", now, ttl_s=1e4)])
     second.step(lambda c, now: c.release("n1", now=now))
     assert second.store.footprints()["a"].measured_mb == 6100

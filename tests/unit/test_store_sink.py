@@ -4,7 +4,6 @@ lease API comes only once what it acknowledges is on disk, where a restarted dae
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,9 +18,8 @@ from gpuletd.probe.poller import ProbePoller
 from gpuletd.probe.simulated import SimulatedProbe, parse_simulated_gpus
 from gpuletd.runtime import Runtime
 from gpuletd.state_dir import STATE_FILE
-from gpuletd.store import StateStore
 from gpuletd.watch import LeaseEvent
-from tests.helpers import short_tmpdir
+from tests.helpers import short_tmpdir, snapshot_json, stored_snapshot
 
 # A reservation backend of the example registry: granted at once, no process.
 MODEL = "siglip-large-patch16-384"
@@ -44,20 +42,13 @@ async def daemon() -> AsyncIterator[Daemon]:
 
 
 def on_disk(d: Daemon) -> dict[str, Any]:
-    """The snapshot a restarted daemon would read, through a store of its own."""
+    """The snapshot a restarted daemon would read."""
     assert d.store is not None
-    store = StateStore.open(d.store.path.parent / STATE_FILE)
-    try:
-        saved = store.load_core()
-    finally:
-        store.close()
-    assert saved is not None
-    return saved.snapshot
+    return stored_snapshot(d.store.path.parent / STATE_FILE)
 
 
 def in_memory(d: Daemon) -> dict[str, Any]:
-    whole: dict[str, Any] = json.loads(json.dumps(d.core.snapshot()))
-    return whole
+    return snapshot_json(d.core)
 
 
 async def granted(d: Daemon, client: str = "c") -> LeaseInfo:
@@ -126,8 +117,13 @@ async def test_a_watcher_keeps_up_with_a_stream_of_renewals(daemon: Daemon) -> N
 
     # Eight clients renewing at once: a commit is pending nearly all the time.
     await asyncio.gather(*(renewing() for _ in range(8)))
-    while len(heard) < 8 * each and not watcher.done():
-        await asyncio.sleep(0.01)
+
+    async def all_heard() -> None:
+        while len(heard) < 8 * each and not watcher.done():
+            await asyncio.sleep(0.01)
+
+    # (A bound only against hanging: a watcher cut off ends `watch` at once.)
+    await asyncio.wait_for(all_heard(), 120)
     assert not watcher.done(), watcher.exception()
     watcher.cancel()
     assert heard.count("renewed") == 8 * each

@@ -63,12 +63,11 @@ __all__ = [
     "newcomer_id_free",
     "place_now",
     "plan",
+    "requests_to_next",
     "reuse_per_s",
-    "reweigh",
     "reweighed",
     "stuck_key",
     "touched",
-    "wanted",
 ]
 
 _MIB_PER_GIB = 1024
@@ -293,7 +292,12 @@ def reuse_per_s(st: State, rec: ModelRecord, wanted: Container[str]) -> float:
     # Someone already waits for it: it will be needed again at once.
     if rec.model.id in wanted:
         return 1.0
-    return 1.0 / rec.usage.seconds_to_next(st.seq, reuse_population(st))
+    return 1.0 / (requests_to_next(st, rec) * reuse_population(st).pace_s)
+
+
+def requests_to_next(st: State, rec: ModelRecord) -> float:
+    """Requests to the daemon expected before `rec`'s next one (`eviction.ReuseEstimator`)."""
+    return rec.usage.requests_to_next(st.seq, reuse_population(st))
 
 
 def reuse_population(st: State) -> Population:
@@ -319,13 +323,6 @@ def load_estimate_s(st: State, rec: ModelRecord) -> float:
         return rec.load_seconds
     mb = rec.reserved_mb or rec.reservation_mb
     return mb / _MIB_PER_GIB * st.tuning.default_load_s_per_gib
-
-
-def wanted(st: State) -> set[str]:
-    """Models some request waits for a turn for (memoised within a pass)."""
-    if st.wanted_cache is None:
-        st.wanted_cache = st.queue.wanted_models()
-    return st.wanted_cache
 
 
 def future_view(st: State, hypo: Hypothesis | None = None) -> FutureView:
@@ -437,7 +434,7 @@ def plan(
     """`nd`: `need(st, rec)`, when the caller has it."""
     key = (rec.model.id, allow_pinned)
     if st.view_stale:
-        # (What the plans weighed may have changed since: see `reweigh`.)
+        # (What the plans weighed may have changed since: see `touched`.)
         _remembered_view(st)
     cache = st.plan_cache if hypo is None else None
     if cache is not None and key in cache:
@@ -489,7 +486,6 @@ def changed(st: State) -> None:
     """A record changed: what the pass memoised about the queue and plans is stale."""
     st.version += 1
     st.models_due = None
-    st.wanted_cache = None
     st.holding_cache = None
     st.view_cache = None
     st.view_stale.clear()
@@ -508,18 +504,11 @@ def touched(st: State, rec: ModelRecord) -> None:
     the end of a lease that leaves it leased. It took no memory and freed none, so what the
     pass knows of memory and placement (`holding`, `place_now`, `stuck`, the shape plans,
     `State.models_due`) holds; only `rec`'s candidate in the future view (now leased, or no
-    longer waited for) may differ, and with it the plans that weighed it."""
+    longer waited for) may differ, and with it the plans that weighed it: the candidate is
+    made again before the view is next read (`reweighed`), and the plans forgotten if it
+    differs."""
     st.version += 1
     st.benign += 1
-    st.wanted_cache = None
-    reweigh(st, rec)
-
-
-def reweigh(st: State, rec: ModelRecord) -> None:
-    """`rec`'s leases, its reuse or whether a request waits for it changed: its candidate in
-    the remembered future view is made again before the view is next read (once, however
-    many changes come before), and the plans that weighed it are then forgotten if it
-    differs."""
     if st.view_cache is not None and (rec.state is _LOADING or rec.state is _LOADED):
         st.view_stale[rec.model.id] = rec
 

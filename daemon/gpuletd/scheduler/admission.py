@@ -174,7 +174,7 @@ def settle(st: State, out: list[Decision], *, quiet_ok: bool = False) -> None:
 
 
 def _open_pass(st: State, *, quiet: bool = False) -> None:
-    st.plan_cache, st.wanted_cache = {}, None
+    st.plan_cache = {}
     st.holding_cache = None
     if not quiet:
         st.view_cache = None
@@ -184,7 +184,7 @@ def _open_pass(st: State, *, quiet: bool = False) -> None:
 
 def _close_pass(st: State) -> None:
     # (The future view stays, for the next quiet pass: see `State.view_cache`.)
-    st.plan_cache, st.wanted_cache = None, None
+    st.plan_cache = None
     st.holding_cache = None
     st.place_cache, st.shape_plans, st.stuck = None, None, None
 

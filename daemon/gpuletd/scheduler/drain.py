@@ -23,7 +23,7 @@ from dataclasses import fields
 
 from gpuletd.profiles import Profile
 from gpuletd.registry import Model
-from gpuletd.scheduler.accounting import changed, held_on, load_estimate_s, reuse_per_s, wanted
+from gpuletd.scheduler.accounting import changed, held_on, load_estimate_s, reuse_per_s
 from gpuletd.scheduler.decisions import Decision, ModelState, StopReason
 from gpuletd.scheduler.eviction import reload_cost
 from gpuletd.scheduler.records import ModelRecord
@@ -120,7 +120,7 @@ def _drain(st: State, out: list[Decision]) -> None:
     over_count, over_mb, over_gpus, over_heavy = _over(st, staying)
     if not (over_count or over_mb or over_gpus or over_heavy):
         return
-    want = wanted(st)
+    want = st.queue.wanted()
     idle = [r for r in staying if r.state is ModelState.LOADED and not r.leases]
     idle.sort(
         key=lambda r: (reload_cost(load_estimate_s(st, r), reuse_per_s(st, r, want)), r.model.id)

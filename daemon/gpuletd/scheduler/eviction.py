@@ -132,25 +132,28 @@ class ReuseEstimator:
     def _irregularity(self, mean: float) -> float:
         return min(1.0, self._mean_dev / (_POISSON_DEVIATION * max(mean, 1e-3)))
 
-    def seconds_to_next(self, seq: int, pop: Population) -> float:
+    def requests_to_next(self, seq: int, pop: Population) -> float:
+        """Requests to the daemon expected before this model's next one (`unknown_s` is
+        turned into requests at the population's pace)."""
+        unknown_n = self._unknown_s / pop.pace_s
         if self._last_seq is None:
-            return self._unknown_s
+            return unknown_n
         since = max(0, seq - self._last_seq) + pop.quiet
         if self._mean_gap is not None:
             mean = max(self._mean_gap, 1e-3)
             irregular = pop.irregularity if self._gaps < 2 else self._irregularity(mean)
-            return _expected(mean, irregular, since) * pop.pace_s
+            return _expected(mean, irregular, since)
         # Asked once. With nothing to go on, all such models look alike but for when they
         # were asked, and reading that as a shared long period keeps the ones due back
         # soonest.
-        unknown = max(self._unknown_s - since * pop.pace_s, since * pop.pace_s)
+        unknown = max(unknown_n - since, since)
         if pop.mean_gap is None:
             return unknown
         # Where models keep a rhythm (a scan), a newcomer likely keeps it too; where they do
         # not (a Zipf mix), one asked once is more likely one of the rare ones than one like
         # the models seen often, whose gaps make the prior: trust it only as far as the
         # population is regular.
-        prior = _expected(pop.mean_gap, pop.irregularity, since) * pop.pace_s
+        prior = _expected(pop.mean_gap, pop.irregularity, since)
         return (1 - pop.irregularity) * prior + pop.irregularity * unknown
 
 

@@ -189,7 +189,6 @@ def _derived_problems(s: Scheduler) -> list[str]:
     bad = st.queue.derived_problems()
     if (
         st.plan_cache is not None
-        or st.wanted_cache is not None
         or st.holding_cache is not None
         or st.place_cache is not None
         or st.shape_plans is not None

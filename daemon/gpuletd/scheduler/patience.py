@@ -27,14 +27,13 @@ same search as any eviction (`eviction.plan_room`) with the leased models counte
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Container
 
 from gpuletd.scheduler.accounting import (
     future_view,
     load_estimate_s,
     need,
-    reuse_per_s,
-    reuse_population,
-    wanted,
+    requests_to_next,
 )
 from gpuletd.scheduler.decisions import ModelState
 from gpuletd.scheduler.eviction import Candidate, plan_room
@@ -45,18 +44,15 @@ from gpuletd.scheduler.state import State, instance
 __all__ = ["hold_off"]
 
 
-def _expected_reload_s(st: State, model_id: str, want: set[str]) -> float:
+def _expected_reload_s(st: State, model_id: str, want: Container[str]) -> float:
     rec = instance(st, model_id)
     if rec is None:
         return 0.0
     if model_id in want:
         chance = 1.0
     else:
-        # Seconds per request times requests per second: the pace cancels out, and this is
-        # the chance, roughly, that it is asked for within the next `horizon` requests.
-        pace = reuse_population(st).pace_s
         horizon = st.tuning.patience_horizon_requests
-        chance = min(1.0, horizon * pace * reuse_per_s(st, rec, want))
+        chance = min(1.0, horizon / requests_to_next(st, rec))
     return load_estimate_s(st, rec) * chance
 
 
@@ -64,7 +60,7 @@ def _saving(st: State, rec: ModelRecord, victims: tuple[str, ...]) -> float:
     """Reload seconds saved by waiting for the cheapest set that includes a leased or loading
     model (0: there is none, or it is no cheaper)."""
     view = future_view(st)
-    want = wanted(st)
+    want = st.queue.wanted()
     leased = {
         c.model_id
         for c in view.candidates

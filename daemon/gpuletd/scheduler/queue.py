@@ -126,19 +126,15 @@ class RequestQueue:
 
     def set_joined(self, request: PendingRequest, joined: bool) -> None:
         """Mark a request as waiting on a load (or back to waiting for a turn). Always through
-        here, so that `wanted_models` stays right."""
+        here, so that `wanted` stays right."""
         if request.joined != joined and request.request_id in self._items:
             self._count_turn(request.model_id, -1 if joined else 1)
         request.joined = joined
 
     def wanted(self) -> AbstractSet[str]:
-        """The models some request waits for a turn for, live and read-only (`wanted_models`
-        copies)."""
+        """The models some request waits for a turn for: live and read-only, kept by
+        `add`/`remove`/`set_joined`, so asking costs nothing."""
         return self._turns.keys()
-
-    def wanted_models(self) -> set[str]:
-        """The models some request waits for a turn for."""
-        return set(self._turns)
 
     def derived_problems(self) -> list[str]:
         """Where the counts kept for the hot path disagree with the requests themselves."""

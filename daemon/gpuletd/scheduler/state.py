@@ -144,12 +144,11 @@ class State:
     population_memo: tuple[float, int, Population] | None = None
     now: float = float("-inf")
     # Per-pass caches. GPU infos change only with a probe reading or a profile; plans (without
-    # hypothesis) and the set of models someone waits for are memoised during one scheduling
-    # pass only, and every transition clears them (`accounting.changed`; a benign one,
-    # `accounting.touched`, clears the plans only if its model's candidate changed).
+    # hypothesis) are memoised during one scheduling pass only, and every transition clears
+    # them (`accounting.changed`; a benign one, `accounting.touched`, only if its model's
+    # candidate changed).
     gpu_info_cache: list[GpuInfo] | None = None
     plan_cache: dict[tuple[str, bool], Plan | None] | None = None
-    wanted_cache: set[str] | None = None
     # Also memoised within one pass only, and cleared by every transition but the benign ones
     # (which take and free no memory): what holds memory (`accounting.holding`). Outside a
     # pass it is recomputed on each question, since the event handlers change records between
@@ -158,7 +157,7 @@ class State:
     # The future view without a hypothesis, made by a pass at `view_at` (clock, request
     # number) and good while both stay there (a new request moves every reuse pattern's
     # count): cleared by every transition but the benign ones, which only reweigh their
-    # model's candidate in it (`accounting.reweigh`). A full pass starts without it (a
+    # model's candidate in it (`accounting.touched`). A full pass starts without it (a
     # handler may have changed records without a transition); a quiet one keeps it.
     view_cache: FutureView | None = None
     view_at: tuple[float, int] = (float("nan"), -1)
@@ -260,7 +259,7 @@ def watch_leases(st: State) -> None:
 def drop_caches(st: State) -> None:
     """Forget everything derived from the records (after a restore hands a State over)."""
     st.gpu_info_cache = None
-    st.plan_cache = st.wanted_cache = None
+    st.plan_cache = None
     st.holding_cache = st.view_cache = None
     st.view_stale.clear()
     st.place_cache = st.shape_plans = st.stuck = None

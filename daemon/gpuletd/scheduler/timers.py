@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 
 from gpuletd.probe.types import GpuState
 from gpuletd.profiles import IdleUnload
@@ -29,7 +30,7 @@ from gpuletd.scheduler.decisions import (
     StopReason,
 )
 from gpuletd.scheduler.eviction import reload_cost
-from gpuletd.scheduler.records import LeaseRecord
+from gpuletd.scheduler.records import LeaseRecord, ModelRecord
 from gpuletd.scheduler.state import State, holders, instances
 from gpuletd.scheduler.transitions import end_lease, fail_waiters, note_failure, refuse, stop
 
@@ -75,13 +76,8 @@ def advance(st: State) -> list[Decision]:
     walk = st.models_due is None or now >= st.models_due
     later = math.inf
     if walk:
-        for rec in [r for r in holders(st) if r.state is ModelState.LOADING]:
-            due = load_due(st, rec)
-            if due is None:
-                continue
-            if now < due:
-                later = min(later, due)
-                continue
+        timed_out, later = _due(st, ModelState.LOADING, load_due)
+        for rec in timed_out:
             message = (
                 f"model {rec.model.id} did not become healthy within {autostart_s(st, rec):g} s"
             )
@@ -99,20 +95,31 @@ def advance(st: State) -> list[Decision]:
             changed(st)
         g.pending = kept
     if walk:
-        for rec in [r for r in holders(st) if r.state is ModelState.LOADED]:
-            due = grace_due(st, rec)
-            if due is None:
-                continue
-            if now < due:
-                later = min(later, due)
-                continue
+        idle, idle_later = _due(st, ModelState.LOADED, grace_due)
+        for rec in idle:
             message = f"idle for {grace_s(st, rec):g} s (grace period)"
             stop(st, rec, StopReason.GRACE_EXPIRED, message, out)
         # (Acting on one model moves no other's times.)
-        st.models_due = later
+        st.models_due = min(later, idle_later)
     if st.profile.idle_unload is IdleUnload.PRESSURE:
         foreign_pressure(st, out)
     return out
+
+
+def _due(
+    st: State, state: ModelState, due_of: Callable[[State, ModelRecord], float | None]
+) -> tuple[list[ModelRecord], float]:
+    """The models in `state` whose time (`due_of`) has come, and the earliest still to come."""
+    due: list[ModelRecord] = []
+    later = math.inf
+    for rec in holders(st):
+        if rec.state is not state or (t := due_of(st, rec)) is None:
+            continue
+        if st.now < t:
+            later = min(later, t)
+        else:
+            due.append(rec)
+    return due, later
 
 
 def foreign_pressure(st: State, out: list[Decision]) -> None:
